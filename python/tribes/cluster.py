@@ -1,0 +1,263 @@
+"""`Cluster`: one member of a tribes cluster (Tomcat's ``SimpleTcpCluster`` + ``GroupChannel``).
+
+The Rust core does all networking on its own threads. Events for Python (members coming and going,
+messages for listeners, failed asynchronous sends, the core's log records) are drained by one
+dispatcher thread per cluster, which runs the callbacks: callbacks never run on a network thread,
+and a slow callback slows only its own cluster's deliveries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from . import _core
+from .config import ClusterConfig
+from .errors import NotStartedError
+
+__all__ = ["Cluster", "Member"]
+
+Member = _core.Member
+"""A cluster member (host, port and 16-byte unique id; see ``tribes.Member``)."""
+
+MessageListener = Callable[[Any, bytes], object]
+MemberListener = Callable[[Any], object]
+ErrorListener = Callable[[Any, str], object]
+
+_log = logging.getLogger("tribes.cluster")
+
+# How long the dispatcher waits for events before checking whether it should stop.
+_POLL_MS = 200
+
+
+class Cluster:
+    """One member of a cluster: membership, a TCP channel to every other member, and listeners.
+
+    Create it with a :class:`~tribes.ClusterConfig`, then :meth:`start` it (or use it as a context
+    manager). Nothing starts at import or construction time, so it is safe to create before a
+    pre-fork server forks and to start it in each worker.
+    """
+
+    def __init__(self, config: ClusterConfig | None = None) -> None:
+        """Make a stopped cluster member; ``config`` defaults to ``ClusterConfig()`` (loopback only)."""
+        self._config = config if config is not None else ClusterConfig()
+        self._core: _core.CoreChannel | None = None
+        self._dispatcher: threading.Thread | None = None
+        self._lock = threading.RLock()
+        self._message_listeners: list[MessageListener] = []
+        self._membership_listeners: list[tuple[MemberListener | None, MemberListener | None]] = []
+        self._error_listeners: list[ErrorListener] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> ClusterConfig:
+        """The configuration this member runs with."""
+        return self._config
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        core = self._core
+        return core is not None and core.running
+
+    def start(self) -> None:
+        """Bind the receiver, join the membership and start the dispatcher thread.
+
+        Raises :class:`~tribes.errors.ConfigError` for a configuration the core refuses (for example a
+        non-loopback address without ``insecure=True``) and ``OSError`` when a socket cannot be bound.
+        Starting a running cluster does nothing.
+        """
+        with self._lock:
+            if self.running:
+                return
+            self._config.check_security()
+            core = _core.CoreChannel(self._config.to_core_json())
+            _core.set_log_level(logging.getLogger("tribes").getEffectiveLevel())
+            core.set_deliver_messages(bool(self._message_listeners))
+            core.start()
+            self._core = core
+            thread = threading.Thread(
+                target=self._dispatch_loop,
+                args=(core,),
+                name=f"tribes-dispatcher-{self._config.name}",
+                daemon=True,
+            )
+            self._dispatcher = thread
+            thread.start()
+            _log.info("cluster %s started as %s", self._config.name, core.local_member())
+
+    def stop(self) -> None:
+        """Leave the cluster: send the shutdown heartbeat, close every socket, join every thread.
+
+        Events already received are still dispatched before this returns (unless called from a
+        listener, which cannot wait for its own thread). Stopping a stopped cluster does nothing.
+        """
+        with self._lock:
+            core, thread = self._core, self._dispatcher
+            if core is None:
+                return
+            core.stop()
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=30)
+                if thread.is_alive():  # pragma: no cover - a listener that never returns
+                    _log.error("the dispatcher thread did not finish (a listener is blocked)")
+            self._core = None
+            self._dispatcher = None
+            _forward_logs(_core.drain_logs())
+            _log.info("cluster %s stopped", self._config.name)
+
+    def __enter__(self) -> Cluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<tribes.Cluster {self._config.name!r} {state}>"
+
+    # -- members -------------------------------------------------------------------------------------
+
+    def _require(self) -> _core.CoreChannel:
+        core = self._core
+        if core is None:
+            raise NotStartedError(f"cluster {self._config.name!r} is not started")
+        return core
+
+    @property
+    def members(self) -> list[Member]:
+        """The other members, oldest-running first (empty when stopped)."""
+        core = self._core
+        return core.members() if core is not None else []
+
+    @property
+    def local_member(self) -> Member:
+        """This process's member (its receiver address and unique id)."""
+        member = self._require().local_member()
+        if member is None:
+            raise NotStartedError(f"cluster {self._config.name!r} is not started")
+        return member
+
+    # -- messages ------------------------------------------------------------------------------------
+
+    def send(
+        self,
+        data: bytes,
+        to: Sequence[Member] | Member | None = None,
+        options: str | int | None = None,
+    ) -> None:
+        """Send ``data`` to ``to`` (a member, a list of members, or None for every member).
+
+        ``options`` are Tomcat's send options, as names (``"async"``, ``"use_ack"``, ``"sync"``,
+        combinable: ``"use_ack,sync"``) or bits; the default is the configuration's ``send_options``
+        (``"use_ack"``). ``use_ack`` returns once every target received the message; ``sync`` once
+        every target processed it (its listeners ran); ``async`` returns at once.
+
+        Raises :class:`~tribes.errors.ChannelError` naming every member the message did not reach,
+        each with its cause; the other members got it.
+        """
+        core = self._require()
+        targets: list[Member] | None
+        if to is None:
+            targets = None
+        elif isinstance(to, Member):
+            targets = [to]
+        else:
+            targets = list(to)
+        core.send(data, targets, options)
+
+    def add_message_listener(self, listener: MessageListener) -> None:
+        """Call ``listener(member, data)`` for every message received (on the dispatcher thread).
+
+        An exception in a listener is logged; for a message sent with ``sync`` it makes the sender's
+        send fail with a NACK.
+        """
+        with self._lock:
+            self._message_listeners.append(listener)
+            if self._core is not None:
+                self._core.set_deliver_messages(True)
+
+    def remove_message_listener(self, listener: MessageListener) -> None:
+        """Stop calling ``listener``."""
+        with self._lock:
+            self._message_listeners.remove(listener)
+            if self._core is not None and not self._message_listeners:
+                self._core.set_deliver_messages(False)
+
+    def add_membership_listener(
+        self,
+        on_added: MemberListener | None = None,
+        on_disappeared: MemberListener | None = None,
+    ) -> None:
+        """Call ``on_added(member)`` when a member joins and ``on_disappeared(member)`` when one leaves."""
+        with self._lock:
+            self._membership_listeners.append((on_added, on_disappeared))
+
+    def add_error_listener(self, listener: ErrorListener) -> None:
+        """Call ``listener(member, cause)`` when an asynchronous send failed after ``send()`` returned."""
+        with self._lock:
+            self._error_listeners.append(listener)
+
+    # -- operations ----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the channel: traffic, acks, rejections by kind, probes, members added/removed."""
+        core = self._core
+        return dict(core.stats()) if core is not None else {}
+
+    # -- the dispatcher ------------------------------------------------------------------------------
+
+    def _dispatch_loop(self, core: _core.CoreChannel) -> None:
+        while True:
+            events, logs, closed = core.next_events(512, _POLL_MS)
+            _forward_logs(logs)
+            for event in events:
+                self._dispatch(event)
+            if closed and not events:
+                return
+
+    def _dispatch(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "message":
+            _, member, data, token = event
+            ok = _call_all(self._message_listeners, "message", member, data)
+            if token is not None:
+                token.complete(ok)
+        elif kind == "added":
+            _call_all([a for a, _ in self._membership_listeners if a is not None], "member-added", event[1])
+        elif kind == "disappeared":
+            _call_all(
+                [d for _, d in self._membership_listeners if d is not None], "member-disappeared", event[1]
+            )
+        elif kind == "send_failed":
+            _, member, cause = event
+            _log.warning("asynchronous send to %s failed: %s", member, cause)
+            _call_all(self._error_listeners, "send-error", member, cause)
+
+
+def _call_all(listeners: Iterable[Callable[..., object]], what: str, *args: Any) -> bool:
+    ok = True
+    for listener in list(listeners):
+        try:
+            listener(*args)
+        except Exception:
+            ok = False
+            _log.exception("%s listener %r failed", what, listener)
+    return ok
+
+
+def _forward_logs(records: Iterable[tuple[int, str, str]]) -> None:
+    for level, name, message in records:
+        logger = logging.getLogger(name)
+        if logger.isEnabledFor(level):
+            logger.log(level, "%s", message)

@@ -1,0 +1,81 @@
+//! Counters of one channel: traffic, rejections by kind, failures. Read from Python as a dict.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// All counters of a channel; each is a relaxed atomic.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// (name, value) pairs, for Python's `cluster.stats()`.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Messages handed to the transport (after interceptors), per target.
+    messages_sent,
+    /// Bytes of framed messages written, per target.
+    bytes_sent,
+    /// Application messages received (before interceptors).
+    messages_received,
+    /// Framed bytes received.
+    bytes_received,
+    /// Messages delivered to the application.
+    messages_delivered,
+    /// ACKs received by the sender.
+    acks_received,
+    /// NACKs received by the sender.
+    nacks_received,
+    /// Send failures per target (connection, timeout).
+    send_failures,
+    /// Async bytes dropped because a connection failed before they were written.
+    async_bytes_lost,
+    /// Inbound TCP connections accepted.
+    connections_accepted,
+    /// Inbound connections refused because the cap was reached.
+    connections_refused,
+    /// Frames with a bad start/end marker or length on the receiver port.
+    rejected_frames,
+    /// Frames whose declared length exceeded max_frame.
+    rejected_oversized,
+    /// Frames whose channel data did not decode.
+    rejected_channel_data,
+    /// Datagrams on the membership port that were not valid member packets.
+    rejected_membership_packets,
+    /// Messages dropped by an interceptor (bad trailer, wrong domain, expired fragments, ...).
+    rejected_by_interceptors,
+    /// Heartbeats sent.
+    heartbeats_sent,
+    /// Heartbeats received from others.
+    heartbeats_received,
+    /// Members added to the view.
+    members_added,
+    /// Members removed from the view.
+    members_disappeared,
+    /// Liveness probes made by the failure detector.
+    probes,
+    /// Probes that found the member dead.
+    probes_failed,
+    /// Log records dropped because the log queue was full.
+    logs_dropped,
+}
+
+/// Adds `n` to a counter.
+#[inline]
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Adds one to a counter.
+#[inline]
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}

@@ -1,0 +1,565 @@
+//! The sender pool: one persistent connection per member.
+//!
+//! A send appends its frame to each target connection's output buffer (under a short lock) and
+//! wakes that connection's writer task, which writes everything queued in one `write_all`: frames
+//! that pile up while a write is in progress are coalesced into the next one. Frames sent with
+//! USE_ACK leave a waiter in the connection's ack queue; the connection's reader task pops one
+//! waiter per ACK/NACK, in order. When a connection breaks, waiters with a retry left are written
+//! again on a fresh connection, the rest fail, and the failure detector is told.
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+
+use crate::error::Faulty;
+use crate::events::{Event, EventQueue};
+use crate::member::{Member, MemberKey};
+use crate::stats::{self, Stats};
+use crate::wire::ack::{ack_kind, AckKind};
+use crate::wire::frame::{check_frame, FrameCheck};
+
+/// How a send completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendMode {
+    /// Queue and return; failures are reported as events.
+    Async,
+    /// Return once the frame is written to every target's socket.
+    Written,
+    /// Return once every target answered ACK (or NACK).
+    Ack,
+}
+
+/// Completion state of one multi-target send.
+#[derive(Debug)]
+pub struct SendTracker {
+    state: Mutex<TrackerState>,
+    done: Condvar,
+}
+
+#[derive(Debug)]
+struct TrackerState {
+    remaining: usize,
+    faulty: Vec<Faulty>,
+    pending: Vec<Arc<Member>>,
+}
+
+impl SendTracker {
+    /// A tracker waiting for `targets`.
+    pub fn new(targets: &[Arc<Member>]) -> Arc<Self> {
+        Arc::new(SendTracker {
+            state: Mutex::new(TrackerState {
+                remaining: targets.len(),
+                faulty: Vec::new(),
+                pending: targets.to_vec(),
+            }),
+            done: Condvar::new(),
+        })
+    }
+
+    fn finish(&self, member: &Arc<Member>, failure: Option<(String, bool)>) {
+        let mut st = self.state.lock();
+        // Only the first outcome per member counts (a late ACK after a timeout is ignored).
+        let Some(pos) = st.pending.iter().position(|m| m.same_as(member)) else {
+            return;
+        };
+        st.pending.swap_remove(pos);
+        st.remaining -= 1;
+        if let Some((cause, remote_failure)) = failure {
+            st.faulty.push(Faulty {
+                member: member.clone(),
+                cause,
+                remote_failure,
+            });
+        }
+        if st.remaining == 0 {
+            self.done.notify_all();
+        }
+    }
+
+    /// Waits until every target completed or the deadline passed; returns the faulty members
+    /// (targets still pending at the deadline are faulty with a timeout cause).
+    pub fn wait(&self, deadline: Instant) -> Vec<Faulty> {
+        let mut st = self.state.lock();
+        while st.remaining > 0 {
+            if self.done.wait_until(&mut st, deadline).timed_out() {
+                break;
+            }
+        }
+        let timed_out: Vec<Arc<Member>> = std::mem::take(&mut st.pending);
+        st.remaining = 0;
+        let mut faulty = std::mem::take(&mut st.faulty);
+        faulty.extend(timed_out.into_iter().map(|member| Faulty {
+            member,
+            cause: "timed out waiting for the member".into(),
+            remote_failure: false,
+        }));
+        faulty
+    }
+}
+
+/// A frame waiting for its write or its ack.
+#[derive(Debug)]
+struct Waiter {
+    seq: u64,
+    frame: Bytes,
+    tracker: Arc<SendTracker>,
+    attempts: u32,
+    /// For write-completion waiters: the connection's byte count after this frame.
+    end: u64,
+}
+
+#[derive(Debug, Default)]
+struct ConnState {
+    out: Vec<u8>,
+    /// Bytes appended to `out` since the connection object was made.
+    enqueued: u64,
+    seq: u64,
+    acks: VecDeque<Waiter>,
+    writes: VecDeque<Waiter>,
+    closed: bool,
+}
+
+/// One member's connection.
+#[derive(Debug)]
+pub struct Connection {
+    member: Arc<Member>,
+    state: Mutex<ConnState>,
+    wake: Notify,
+    space: Condvar,
+    broken: AtomicBool,
+}
+
+/// Something the pool tells the channel.
+#[derive(Debug)]
+pub enum PoolNotice {
+    /// A connection to this member closed or failed: verify it is alive.
+    ConnectionLost(Arc<Member>, String),
+}
+
+/// Settings of the pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Resends after a reconnect.
+    pub max_retries: u32,
+    /// TCP keepalive.
+    pub keepalive: bool,
+    /// Bound of one connection's queued bytes for async sends.
+    pub max_queue_bytes: usize,
+    /// How long an async send may wait for room.
+    pub queue_wait: Duration,
+}
+
+/// All connections of a channel.
+pub struct SenderPool {
+    conns: RwLock<HashMap<MemberKey, Arc<Connection>>>,
+    settings: PoolSettings,
+    runtime: tokio::runtime::Handle,
+    notices: mpsc::UnboundedSender<PoolNotice>,
+    events: EventQueue,
+    stats: Arc<Stats>,
+}
+
+impl SenderPool {
+    /// A pool that spawns its tasks on `runtime`.
+    pub fn new(
+        settings: PoolSettings,
+        runtime: tokio::runtime::Handle,
+        notices: mpsc::UnboundedSender<PoolNotice>,
+        events: EventQueue,
+        stats: Arc<Stats>,
+    ) -> Arc<Self> {
+        Arc::new(SenderPool {
+            conns: RwLock::new(HashMap::new()),
+            settings,
+            runtime,
+            notices,
+            events,
+            stats,
+        })
+    }
+
+    /// Opens (or returns) the connection to `member`.
+    pub fn ensure(self: &Arc<Self>, member: &Arc<Member>) -> Arc<Connection> {
+        let key = member.key();
+        if let Some(c) = self.conns.read().get(&key) {
+            return c.clone();
+        }
+        let mut conns = self.conns.write();
+        if let Some(c) = conns.get(&key) {
+            return c.clone();
+        }
+        let conn = Arc::new(Connection {
+            member: member.clone(),
+            state: Mutex::new(ConnState::default()),
+            wake: Notify::new(),
+            space: Condvar::new(),
+            broken: AtomicBool::new(false),
+        });
+        conns.insert(key, conn.clone());
+        let pool = self.clone();
+        let c = conn.clone();
+        self.runtime.spawn(async move { pool.run_connection(c).await });
+        conn
+    }
+
+    /// Closes the connection to a member that left.
+    pub fn remove(&self, key: &MemberKey) {
+        if let Some(conn) = self.conns.write().remove(key) {
+            conn.close("the member left the cluster");
+        }
+    }
+
+    /// Wakes a member's connection so that it reconnects (after a probe found the member alive).
+    pub fn reconnect(&self, key: &MemberKey) {
+        if let Some(c) = self.conns.read().get(key) {
+            c.wake.notify_one();
+        }
+    }
+
+    /// Closes every connection.
+    pub fn close_all(&self) {
+        for (_, conn) in self.conns.write().drain() {
+            conn.close("the channel stopped");
+        }
+    }
+
+    /// Queues `frame` to every target. For `Written`/`Ack`, the returned tracker completes per
+    /// target; for `Async` there is none.
+    pub fn enqueue(
+        self: &Arc<Self>,
+        targets: &[Arc<Member>],
+        frame: &Bytes,
+        mode: SendMode,
+        tracker: Option<&Arc<SendTracker>>,
+    ) {
+        for member in targets {
+            let conn = self.ensure(member);
+            let mut st = conn.state.lock();
+            if st.closed {
+                drop(st);
+                if let Some(t) = tracker {
+                    t.finish(member, Some(("connection closed".into(), false)));
+                }
+                continue;
+            }
+            if mode == SendMode::Async && st.out.len() >= self.settings.max_queue_bytes {
+                // Back-pressure: wait (bounded) for the writer to take the queue.
+                let deadline = Instant::now() + self.settings.queue_wait;
+                while st.out.len() >= self.settings.max_queue_bytes && !st.closed {
+                    if conn.space.wait_until(&mut st, deadline).timed_out() {
+                        break;
+                    }
+                }
+                if st.out.len() >= self.settings.max_queue_bytes || st.closed {
+                    drop(st);
+                    stats::add(&self.stats.async_bytes_lost, frame.len() as u64);
+                    self.events.try_post(Event::SendFailed {
+                        member: member.clone(),
+                        cause: "send queue full".into(),
+                    });
+                    continue;
+                }
+            }
+            let was_empty = st.out.is_empty();
+            st.out.extend_from_slice(frame);
+            st.enqueued += frame.len() as u64;
+            st.seq += 1;
+            let seq = st.seq;
+            if let Some(t) = tracker {
+                let w = Waiter {
+                    seq,
+                    frame: frame.clone(),
+                    tracker: t.clone(),
+                    attempts: 1,
+                    end: st.enqueued,
+                };
+                match mode {
+                    SendMode::Ack => st.acks.push_back(w),
+                    _ => st.writes.push_back(w),
+                }
+            }
+            drop(st);
+            stats::inc(&self.stats.messages_sent);
+            if was_empty {
+                conn.wake.notify_one();
+            }
+        }
+    }
+
+    async fn run_connection(self: Arc<Self>, conn: Arc<Connection>) {
+        let member = conn.member.clone();
+        let Some(addr) = member.socket_addr() else {
+            conn.fail_all("the member has no usable address", &self);
+            return;
+        };
+        let mut first = true;
+        loop {
+            if conn.state.lock().closed {
+                return;
+            }
+            if !first {
+                // After a failure, wait for new work before reconnecting (the failure detector
+                // decides whether the member is gone; a live member gets a fresh connection).
+                let idle = {
+                    let st = conn.state.lock();
+                    st.out.is_empty() && st.acks.is_empty() && st.writes.is_empty()
+                };
+                if idle {
+                    conn.wake.notified().await;
+                    if conn.state.lock().closed {
+                        return;
+                    }
+                }
+            }
+            first = false;
+            let stream =
+                match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let cause = format!("connect to {addr} failed: {e}");
+                        conn.fail_all(&cause, &self);
+                        let _ = self
+                            .notices
+                            .send(PoolNotice::ConnectionLost(member.clone(), cause));
+                        continue;
+                    }
+                    Err(_) => {
+                        let cause = format!("connect to {addr} timed out");
+                        conn.fail_all(&cause, &self);
+                        let _ = self
+                            .notices
+                            .send(PoolNotice::ConnectionLost(member.clone(), cause));
+                        continue;
+                    }
+                };
+            super::tune_stream(&stream, self.settings.keepalive);
+            conn.broken.store(false, Ordering::SeqCst);
+            let (rd, mut wr) = stream.into_split();
+            let reader = self.runtime.spawn(read_acks(conn.clone(), rd, self.stats.clone()));
+            let cause = self.write_loop(&conn, &mut wr).await;
+            reader.abort();
+            let _ = reader.await;
+            drop(wr);
+            if conn.state.lock().closed {
+                conn.fail_all("connection closed", &self);
+                return;
+            }
+            let cause = cause.unwrap_or_else(|| "connection closed by the member".into());
+            log::debug!(target: "tribes::transport::sender", "connection to {member} lost: {cause}");
+            conn.requeue_after_failure(&cause, self.settings.max_retries, &self);
+            let _ = self
+                .notices
+                .send(PoolNotice::ConnectionLost(member.clone(), cause));
+        }
+    }
+
+    /// Writes queued bytes until the connection breaks or closes; returns the cause of a break.
+    async fn write_loop(
+        &self,
+        conn: &Arc<Connection>,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) -> Option<String> {
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        loop {
+            let idle = {
+                let mut st = conn.state.lock();
+                if st.closed {
+                    return None;
+                }
+                if conn.broken.load(Ordering::SeqCst) {
+                    return Some("connection closed by the member".into());
+                }
+                if st.out.is_empty() {
+                    true
+                } else {
+                    std::mem::swap(&mut buf, &mut st.out);
+                    conn.space.notify_all();
+                    false
+                }
+            };
+            if idle {
+                conn.wake.notified().await;
+                continue;
+            }
+            let n = buf.len() as u64;
+            if let Err(e) = wr.write_all(&buf).await {
+                return Some(format!("write failed: {e}"));
+            }
+            stats::add(&self.stats.bytes_sent, n);
+            buf.clear();
+            if buf.capacity() > 4 * 1024 * 1024 {
+                buf.shrink_to(64 * 1024);
+            }
+            conn.complete_writes();
+        }
+    }
+}
+
+impl Connection {
+    fn close(&self, why: &str) {
+        let mut st = self.state.lock();
+        st.closed = true;
+        let waiters: Vec<Waiter> = { let st = &mut *st; st.acks.drain(..).chain(st.writes.drain(..)).collect() };
+        st.out.clear();
+        drop(st);
+        for w in waiters {
+            w.tracker.finish(&self.member, Some((why.to_string(), false)));
+        }
+        self.space.notify_all();
+        self.wake.notify_one();
+    }
+
+    /// Completes write waiters covered by `n` more bytes written.
+    fn complete_writes(&self) {
+        let mut st = self.state.lock();
+        // Everything enqueued but what is still in `out` has been written.
+        let written = st.enqueued - st.out.len() as u64;
+        let mut done = Vec::new();
+        while st.writes.front().is_some_and(|w| w.end <= written) {
+            if let Some(w) = st.writes.pop_front() {
+                done.push(w);
+            }
+        }
+        drop(st);
+        for w in done {
+            w.tracker.finish(&self.member, None);
+        }
+    }
+
+    /// Fails every waiter and drops queued bytes.
+    fn fail_all(&self, cause: &str, pool: &SenderPool) {
+        let mut st = self.state.lock();
+        let lost = st.out.len();
+        st.out.clear();
+        let waiters: Vec<Waiter> = { let st = &mut *st; st.acks.drain(..).chain(st.writes.drain(..)).collect() };
+        drop(st);
+        self.space.notify_all();
+        let had_waiters = !waiters.is_empty();
+        for w in waiters {
+            stats::inc(&pool.stats.send_failures);
+            w.tracker.finish(&self.member, Some((cause.to_string(), false)));
+        }
+        if lost > 0 && !had_waiters {
+            stats::add(&pool.stats.async_bytes_lost, lost as u64);
+            pool.events.try_post(Event::SendFailed {
+                member: self.member.clone(),
+                cause: cause.to_string(),
+            });
+            log::warn!(target: "tribes::transport::sender",
+                "{lost} queued bytes for {} were lost: {cause}", self.member);
+        }
+    }
+
+    /// After a broken connection: frames still waiting (ack or write) that have a retry left are
+    /// queued again, in their original order; the rest fail. Async bytes not covered are lost.
+    fn requeue_after_failure(&self, cause: &str, max_retries: u32, pool: &SenderPool) {
+        let mut st = self.state.lock();
+        let mut waiters: Vec<Waiter> = { let st = &mut *st; st.acks.drain(..).chain(st.writes.drain(..)).collect() };
+        waiters.sort_by_key(|w| w.seq);
+        let unacked_bytes: usize = waiters.iter().map(|w| w.frame.len()).sum();
+        let lost_async = st.out.len().saturating_sub(unacked_bytes);
+        st.out.clear();
+        let mut failed = Vec::new();
+        for mut w in waiters {
+            if w.attempts <= max_retries {
+                w.attempts += 1;
+                st.out.extend_from_slice(&w.frame);
+                st.enqueued += w.frame.len() as u64;
+                w.end = st.enqueued;
+                if is_ack_frame(&w.frame) {
+                    st.acks.push_back(w);
+                } else {
+                    st.writes.push_back(w);
+                }
+            } else {
+                failed.push(w);
+            }
+        }
+        drop(st);
+        self.space.notify_all();
+        for w in failed {
+            stats::inc(&pool.stats.send_failures);
+            w.tracker
+                .finish(&self.member, Some((cause.to_string(), false)));
+        }
+        if lost_async > 0 {
+            stats::add(&pool.stats.async_bytes_lost, lost_async as u64);
+        }
+    }
+}
+
+/// True when the framed channel data asks for an ACK (USE_ACK bit in its options).
+fn is_ack_frame(frame: &[u8]) -> bool {
+    // Frame: 7-byte start, 4-byte length, then options (big-endian int).
+    frame
+        .get(11..15)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(|b| u32::from_be_bytes(b) & crate::wire::options::USE_ACK != 0)
+        .unwrap_or(false)
+}
+
+/// Reads ACK/NACK frames from a sender connection and completes waiters in order.
+async fn read_acks(conn: Arc<Connection>, mut rd: tokio::net::tcp::OwnedReadHalf, stats: Arc<Stats>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match check_frame(&buf, 1024) {
+                Ok(FrameCheck::Complete { body, total }) => {
+                    let kind = ack_kind(&buf[body]);
+                    buf.drain(..total);
+                    let Some(kind) = kind else { continue };
+                    let waiter = conn.state.lock().acks.pop_front();
+                    if let Some(w) = waiter {
+                        match kind {
+                            AckKind::Ack => {
+                                stats::inc(&stats.acks_received);
+                                w.tracker.finish(&conn.member, None);
+                            }
+                            AckKind::Nack => {
+                                stats::inc(&stats.nacks_received);
+                                w.tracker.finish(
+                                    &conn.member,
+                                    Some(("the member failed to process the message (NACK)".into(), true)),
+                                );
+                            }
+                        }
+                    }
+                }
+                Ok(FrameCheck::Incomplete) => break,
+                Err(_) => {
+                    // Not a valid answer: the connection is unusable.
+                    conn.broken.store(true, Ordering::SeqCst);
+                    conn.wake.notify_one();
+                    return;
+                }
+            }
+        }
+    }
+    conn.broken.store(true, Ordering::SeqCst);
+    conn.wake.notify_one();
+}
+
+impl SenderPool {
+    /// Reports a failed send to the failure detector (as a lost connection would).
+    pub fn notify_lost(&self, member: &Arc<Member>, cause: &str) -> bool {
+        self.notices
+            .send(PoolNotice::ConnectionLost(member.clone(), cause.to_string()))
+            .is_ok()
+    }
+}
