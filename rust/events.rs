@@ -217,7 +217,8 @@ impl log::Log for QueueLogger {
             logger: record.target().replace("::", "."),
             message: record.args().to_string(),
         };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = log_queue().tx.try_send(rec)
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            log_queue().tx.try_send(rec)
         {
             log_queue().dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -436,7 +436,7 @@ def test_static_membership_allows_any_bind_family() -> None:
 def test_interceptor_forms_are_equivalent() -> None:
     expected = InterceptorConfig("order", {"expire_ms": 5000})
     cfg = ClusterConfig(
-        interceptors=[  # type: ignore[list-item]
+        interceptors=[  # type: ignore[arg-type]
             ("order", {"expire_ms": 5000}),
         ]
     )
@@ -447,7 +447,7 @@ def test_interceptor_forms_are_equivalent() -> None:
         ["order", {"expire_ms": 5000}],
         InterceptorConfig.of("order", expire_ms=5000),
     ):
-        assert ClusterConfig(interceptors=[form]).interceptors == (expected,)  # type: ignore[list-item]
+        assert ClusterConfig(interceptors=[form]).interceptors == (expected,)  # type: ignore[arg-type]
 
 
 def test_interceptor_options_are_normalised() -> None:
@@ -532,7 +532,12 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     # also for values that need escaping or byte lists
     odd = ClusterConfig(
         name='say "hi" \\ there',
-        membership=MembershipConfig(domain=b"{not-a-list}", payload=b"\x00\xff", ttl=None),
+        membership=MembershipConfig(
+            domain=b"{not-a-list}",
+            payload=b"\x00\xff",
+            ttl=None,
+            static_members=(StaticMember("h", 1, unique_id=b"sixteen chars!!!", domain=b" padded "),),
+        ),
         interceptors=(),
     )
     path.write_text(odd.to_toml())
@@ -887,8 +892,8 @@ def test_check_security_accepts_the_loopback_configs(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.WARNING, logger="tribes.config"):
         ClusterConfig.local().check_security()
         ClusterConfig().check_security()  # bind unset = loopback; receiver 127.0.0.1
-        ClusterConfig(
-            membership={"address": "ff02::1:4", "bind": "::1"}, receiver={"address": "::1"}
+        ClusterConfig.from_dict(
+            {"membership": {"address": "ff02::1:4", "bind": "::1"}, "receiver": {"address": "::1"}}
         ).check_security()
     assert config_warnings(caplog) == []
 
@@ -915,18 +920,29 @@ def test_check_security_accepts_insecure_and_warns(caplog: pytest.LogCaptureFixt
     assert "unencrypted" in messages[0]
 
 
+def test_core_json_checks_but_does_not_warn_twice(caplog: pytest.LogCaptureFixture) -> None:
+    # Cluster.start() runs check_security() (one warning) and then to_core_json() (checks again, silently)
+    cfg = ClusterConfig.local(receiver={"address": "10.1.2.3"}, insecure=True)
+    with caplog.at_level(logging.WARNING, logger="tribes.config"):
+        cfg.check_security()
+        cfg.to_core_json()
+    assert len(config_warnings(caplog)) == 1
+
+
 def test_check_security_rejects_a_network_bind() -> None:
     with pytest.raises(ConfigError) as err:
-        ClusterConfig(membership={"bind": "192.168.1.5"}).check_security()
+        ClusterConfig.from_dict({"membership": {"bind": "192.168.1.5"}}).check_security()
     assert err.value.field == "membership.bind"
 
 
 def test_check_security_static_members() -> None:
     # bind is unused with static membership; the peers' hosts count instead
-    cfg = ClusterConfig(membership={"bind": "192.168.1.5", "static_members": ["127.0.0.1:4001"]})
+    cfg = ClusterConfig.local(membership={"bind": "192.168.1.5", "static_members": ["127.0.0.1:4001"]})
     cfg.check_security()
     with pytest.raises(ConfigError) as err:
-        ClusterConfig(membership={"static_members": ["127.0.0.1:4001", "10.0.0.9:4000"]}).check_security()
+        ClusterConfig.local(
+            membership={"static_members": ["127.0.0.1:4001", "10.0.0.9:4000"]}
+        ).check_security()
     assert err.value.field == "membership.static_members[1].host"
 
 
@@ -996,7 +1012,9 @@ def test_core_json_resolves_bind_for_the_default_config() -> None:
     assert doc["membership"]["bind"] == "127.0.0.1"  # never null: loopback when unset
     assert doc["membership"]["ttl"] is None
     v6 = json.loads(
-        ClusterConfig(membership={"address": "FF02::1:4"}, receiver={"address": "::1"}).to_core_json()
+        ClusterConfig.from_dict(
+            {"membership": {"address": "FF02::1:4"}, "receiver": {"address": "::1"}}
+        ).to_core_json()
     )
     assert v6["membership"]["bind"] == "::1"
     assert v6["membership"]["address"] == "ff02::1:4"
@@ -1034,13 +1052,13 @@ def test_core_json_unresolvable_static_host_names_the_member(monkeypatch: pytest
 
     monkeypatch.setattr(socket, "getaddrinfo", fail)
     cfg = ClusterConfig.local(membership={"static_members": ["127.0.0.1:4001", "node-b.invalid:4002"]})
-    with pytest.raises(ConfigError, match="cannot resolve 'node-b.invalid'") as err:
+    with pytest.raises(ConfigError, match=r"cannot resolve 'node-b\.invalid'") as err:
         cfg.to_core_json()
     assert err.value.field == "membership.static_members[1].host"
 
 
 def test_core_json_check_can_be_skipped_and_insecure_is_passed() -> None:
-    cfg = ClusterConfig(receiver={"address": "10.1.2.3"})
+    cfg = ClusterConfig.from_dict({"receiver": {"address": "10.1.2.3"}})
     doc = json.loads(cfg.to_core_json(check=False))
     assert doc["receiver"]["address"] == "10.1.2.3"
     assert doc["insecure"] is False

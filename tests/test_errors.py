@@ -76,7 +76,8 @@ def test_channel_error_lists_faulty_members_with_causes() -> None:
         [(FakeMember("10.0.0.2", 4000), "connection refused"), (FakeMember("10.0.0.3", 4001), "ack timeout")],
     )
     assert str(err) == (
-        "Send failed; Faulty members: tcp://10.0.0.2:4000 (connection refused), tcp://10.0.0.3:4001 (ack timeout)"
+        "Send failed; Faulty members: tcp://10.0.0.2:4000 (connection refused), "
+        "tcp://10.0.0.3:4001 (ack timeout)"
     )
     assert err.message == "Send failed"
 

@@ -950,6 +950,7 @@ class ClusterConfig:
         class's simple name) and logged once as a warning. Absent attributes keep tribes' defaults, except
         ``channelSendOptions``: Tomcat's default 8 (async). A Channel without any ``<Interceptor>`` gets
         Tomcat's defaults (dispatch, failure_detector). ``overrides`` (e.g. ``insecure=True``) apply last.
+        XML given as ``bytes`` is parsed as a document; a missing file raises ``OSError``.
         """
         root = _parse_xml(source)
         clusters = [el for el in root.iter() if _local(el.tag) == "Cluster"]
@@ -989,9 +990,9 @@ class ClusterConfig:
         (``"auto"`` resolved first) and the static members' hosts. Raises :class:`ConfigError` naming the
         first offending field; with ``insecure=True`` logs one warning instead.
         """
-        self._check_security(self._resolve())
+        self._check_security(self._resolve(), warn=True)
 
-    def _check_security(self, resolved: _Resolved) -> None:
+    def _check_security(self, resolved: _Resolved, warn: bool) -> None:
         exposed: list[tuple[str, str]] = []
         if not self.membership.is_static and not _is_loopback(resolved.bind):
             exposed.append(("membership.bind", resolved.bind))
@@ -1014,23 +1015,25 @@ class ClusterConfig:
                 "Encryption with a shared secret comes in a later release.",
                 exposed[0][0],
             )
-        _log.warning(
-            "insecure = true: unencrypted cluster traffic on non-loopback addresses (%s); "
-            "anyone on that network can read and inject session data",
-            listing,
-        )
+        if warn:
+            _log.warning(
+                "insecure = true: unencrypted cluster traffic on non-loopback addresses (%s); "
+                "anyone on that network can read and inject session data",
+                listing,
+            )
 
     def to_core_json(self, *, check: bool = True) -> str:
         """The JSON the Rust core takes (``tribes._core.CoreChannel``), shaped as in docs/internals.md.
 
         Every field is present; ``membership.bind`` and ``receiver.address`` are resolved IP literals,
         static members' host names are resolved, send options are an int, bytes are lists of ints and
-        interceptor options have their defaults filled in. With ``check`` (the default) runs the
-        :meth:`check_security` check first, on the same resolved addresses.
+        interceptor options have their defaults filled in. With ``check`` (the default) it refuses, like
+        :meth:`check_security`, non-loopback addresses without ``insecure`` (on the same resolved
+        addresses), but does not log the warning again: callers run :meth:`check_security` once for that.
         """
         resolved = self._resolve()
         if check:
-            self._check_security(resolved)
+            self._check_security(resolved, warn=False)
         m = self.membership
         doc: dict[str, Any] = {
             "name": self.name,
@@ -1120,7 +1123,9 @@ class ClusterConfig:
                     lines.append(f"{name} = {_toml_value(value)}")
         for member in data["membership"]["static_members"]:
             lines += ["", "[[membership.static_members]]"]
-            lines += [f"{n} = {_toml_value(v)}" for n, v in member.items() if v is not None]
+            lines += [
+                f"{n} = {_toml_value(v, text=n != 'unique_id')}" for n, v in member.items() if v is not None
+            ]
         for interceptor in data["interceptors"]:
             lines += ["", "[[interceptors]]"]
             lines += [f"{n} = {_toml_value(v)}" for n, v in interceptor.items()]
@@ -1151,7 +1156,8 @@ def _resolve_host(host: str, port: int, fld: str) -> str:
     return str(ipaddress.ip_address(str((ipv4 or infos)[0][4][0])))
 
 
-def _toml_value(value: object) -> str:
+def _toml_value(value: object, text: bool = True) -> str:
+    """A TOML value; bytes as a string if they read back unchanged (and ``text``), else as a list of ints."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -1159,14 +1165,9 @@ def _toml_value(value: object) -> str:
     if isinstance(value, str):
         return _toml_string(value)
     if isinstance(value, bytes):
-        text = value.decode("latin-1")
-        if (
-            text.isascii()
-            and text.isprintable()
-            and not text.lstrip().startswith("{")
-            and text == text.strip()
-        ):
-            return _toml_string(text)
+        decoded = value.decode("latin-1")
+        if text and decoded.isascii() and decoded.isprintable() and not decoded.lstrip().startswith("{"):
+            return _toml_string(decoded)
         return "[" + ", ".join(str(b) for b in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
 

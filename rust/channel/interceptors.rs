@@ -225,7 +225,9 @@ impl Order {
     fn new(ic: &InterceptorConfig) -> Result<Self> {
         Ok(Order {
             expire: Duration::from_millis(ic.u64_opt("expire_ms", 3000)?),
-            max_queue: usize::try_from(ic.u64_opt("max_queue", 10_000)?).unwrap_or(usize::MAX).max(1),
+            max_queue: usize::try_from(ic.u64_opt("max_queue", 10_000)?)
+                .unwrap_or(usize::MAX)
+                .max(1),
             out_counters: Mutex::new(HashMap::new()),
             inbound: Mutex::new(HashMap::new()),
         })
@@ -236,7 +238,11 @@ impl Order {
             out.push(m);
             st.next = st.next.wrapping_add(1);
         }
-        st.gap_since = if st.held.is_empty() { None } else { st.gap_since.or(Some(Instant::now())) };
+        st.gap_since = if st.held.is_empty() {
+            None
+        } else {
+            st.gap_since.or(Some(Instant::now()))
+        };
     }
 }
 
@@ -266,7 +272,11 @@ impl Interceptor for Order {
         Ok(())
     }
 
-    fn inbound(&self, mut msg: InMessage, out: &mut Vec<InMessage>) -> std::result::Result<(), String> {
+    fn inbound(
+        &self,
+        mut msg: InMessage,
+        out: &mut Vec<InMessage>,
+    ) -> std::result::Result<(), String> {
         let len = msg.payload.len();
         if len < 4 {
             return Err("message shorter than the order counter".into());
@@ -280,7 +290,10 @@ impl Interceptor for Order {
             st.next = counter;
         }
         if counter.wrapping_sub(st.next) > u32::MAX / 2 {
-            return Err(format!("duplicate or late message #{counter} (expected #{})", st.next));
+            return Err(format!(
+                "duplicate or late message #{counter} (expected #{})",
+                st.next
+            ));
         }
         if st.held.len() >= self.max_queue {
             // Give up on the gap: deliver what is held, in order.
@@ -343,12 +356,16 @@ impl Fragmentation {
     fn new(ic: &InterceptorConfig, max_frame: usize) -> Result<Self> {
         let max_size = usize::try_from(ic.u64_opt("max_size", 102_400)?).unwrap_or(usize::MAX);
         if max_size < 16 {
-            return Err(Error::Config("interceptors.fragmentation.max_size: must be at least 16".into()));
+            return Err(Error::Config(
+                "interceptors.fragmentation.max_size: must be at least 16".into(),
+            ));
         }
         Ok(Fragmentation {
             max_size,
             expire: Duration::from_millis(ic.u64_opt("expire_ms", 60_000)?),
-            max_in_flight: usize::try_from(ic.u64_opt("max_in_flight", 1024)?).unwrap_or(usize::MAX).max(1),
+            max_in_flight: usize::try_from(ic.u64_opt("max_in_flight", 1024)?)
+                .unwrap_or(usize::MAX)
+                .max(1),
             // A reassembled message may be as large as 64 frames.
             max_total: max_frame.saturating_mul(64),
             pending: Mutex::new(HashMap::new()),
@@ -368,7 +385,8 @@ impl Interceptor for Fragmentation {
             return Ok(());
         }
         let count = msg.payload.len().div_ceil(self.max_size);
-        let count_i = i32::try_from(count).map_err(|_| Error::Config("message too large to fragment".into()))?;
+        let count_i = i32::try_from(count)
+            .map_err(|_| Error::Config("message too large to fragment".into()))?;
         for (index, chunk) in msg.payload.chunks(self.max_size).enumerate() {
             let mut payload = Vec::with_capacity(chunk.len() + 9);
             payload.extend_from_slice(chunk);
@@ -385,7 +403,11 @@ impl Interceptor for Fragmentation {
         Ok(())
     }
 
-    fn inbound(&self, mut msg: InMessage, out: &mut Vec<InMessage>) -> std::result::Result<(), String> {
+    fn inbound(
+        &self,
+        mut msg: InMessage,
+        out: &mut Vec<InMessage>,
+    ) -> std::result::Result<(), String> {
         let Some(&flag) = msg.payload.last() else {
             return Err("message without a fragmentation trailer".into());
         };
@@ -400,8 +422,10 @@ impl Interceptor for Fragmentation {
                 if len < 9 {
                     return Err("fragment shorter than its trailer".into());
                 }
-                let index = u32_be(&msg.payload[len - 9..len - 5]).ok_or("bad fragment index")? as i32;
-                let count = u32_be(&msg.payload[len - 5..len - 1]).ok_or("bad fragment count")? as i32;
+                let index =
+                    u32_be(&msg.payload[len - 9..len - 5]).ok_or("bad fragment index")? as i32;
+                let count =
+                    u32_be(&msg.payload[len - 5..len - 1]).ok_or("bad fragment count")? as i32;
                 if count <= 0 || index < 0 || index >= count {
                     return Err(format!("fragment {index} of {count} is out of range"));
                 }
@@ -519,7 +543,8 @@ impl Interceptor for Compression {
                         Vec::with_capacity(msg.payload.len() / 2 + 32),
                         flate2::Compression::fast(),
                     );
-                    enc.write_all(&msg.payload).map_err(|e| Error::io("gzip", e))?;
+                    enc.write_all(&msg.payload)
+                        .map_err(|e| Error::io("gzip", e))?;
                     msg.payload = enc.finish().map_err(|e| Error::io("gzip", e))?;
                     msg.options |= COMPRESSED_GZIP;
                 }
@@ -533,11 +558,17 @@ impl Interceptor for Compression {
         Ok(())
     }
 
-    fn inbound(&self, mut msg: InMessage, out: &mut Vec<InMessage>) -> std::result::Result<(), String> {
+    fn inbound(
+        &self,
+        mut msg: InMessage,
+        out: &mut Vec<InMessage>,
+    ) -> std::result::Result<(), String> {
         if msg.options & COMPRESSED_GZIP != 0 {
-            let mut dec = flate2::read::GzDecoder::new(&msg.payload[..]).take(self.max_out as u64 + 1);
+            let mut dec =
+                flate2::read::GzDecoder::new(&msg.payload[..]).take(self.max_out as u64 + 1);
             let mut plain = Vec::with_capacity(msg.payload.len() * 2);
-            dec.read_to_end(&mut plain).map_err(|e| format!("bad gzip data: {e}"))?;
+            dec.read_to_end(&mut plain)
+                .map_err(|e| format!("bad gzip data: {e}"))?;
             if plain.len() > self.max_out {
                 return Err("gzip data inflates beyond the limit".into());
             }
@@ -604,7 +635,9 @@ impl Interceptor for Throughput {
     fn outbound(&self, msg: OutMessage, out: &mut Vec<OutMessage>) -> Result<()> {
         let n = msg.targets.len() as u64;
         let msgs = self.tx_msgs.fetch_add(n, Ordering::Relaxed) + n;
-        let bytes = self.tx_bytes.fetch_add(n * msg.payload.len() as u64, Ordering::Relaxed);
+        let bytes = self
+            .tx_bytes
+            .fetch_add(n * msg.payload.len() as u64, Ordering::Relaxed);
         self.report("sent", msgs, bytes);
         out.push(msg);
         Ok(())
@@ -612,7 +645,9 @@ impl Interceptor for Throughput {
 
     fn inbound(&self, msg: InMessage, out: &mut Vec<InMessage>) -> std::result::Result<(), String> {
         let msgs = self.rx_msgs.fetch_add(1, Ordering::Relaxed) + 1;
-        let bytes = self.rx_bytes.fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
+        let bytes = self
+            .rx_bytes
+            .fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
         self.report("received", msgs, bytes);
         out.push(msg);
         Ok(())

@@ -49,7 +49,7 @@ pub(crate) struct Shared {
 impl Shared {
     fn sorted(mut members: Vec<Arc<Member>>) -> Arc<Vec<Arc<Member>>> {
         // Oldest-running first, as Tribes orders its membership.
-        members.sort_by(|a, b| b.packet.alive_ms.cmp(&a.packet.alive_ms));
+        members.sort_by_key(|m| std::cmp::Reverse(m.packet.alive_ms));
         Arc::new(members)
     }
 
@@ -68,7 +68,13 @@ impl Shared {
         let mut view = self.view.write();
         let members: Vec<_> = view
             .iter()
-            .map(|m| if m.same_as(member) { member.clone() } else { m.clone() })
+            .map(|m| {
+                if m.same_as(member) {
+                    member.clone()
+                } else {
+                    m.clone()
+                }
+            })
             .collect();
         *view = Self::sorted(members);
     }
@@ -178,7 +184,11 @@ impl Channel {
             .build()
             .map_err(|e| Error::io("starting the runtime", e))?;
 
-        let std_listener = receiver::bind(cfg.receiver.address, cfg.receiver.port, cfg.receiver.auto_bind)?;
+        let std_listener = receiver::bind(
+            cfg.receiver.address,
+            cfg.receiver.port,
+            cfg.receiver.auto_bind,
+        )?;
         let receiver_addr = std_listener
             .local_addr()
             .map_err(|e| Error::io("receiver address", e))?;
@@ -247,7 +257,8 @@ impl Channel {
         if cfg.membership.static_members.is_empty() {
             let std_sock = mcast::open(&cfg.membership)?;
             let sock = Arc::new(
-                tokio::net::UdpSocket::from_std(std_sock).map_err(|e| Error::io("membership", e))?,
+                tokio::net::UdpSocket::from_std(std_sock)
+                    .map_err(|e| Error::io("membership", e))?,
             );
             let group = SocketAddr::new(cfg.membership.address, cfg.membership.port);
             runtime.spawn(mcast::run_receiver(
@@ -311,7 +322,12 @@ impl Channel {
         }
         let _ = running.shutdown.send(true);
         running.shared.pool.close_all();
-        let Running { runtime, shared, mcast, .. } = running;
+        let Running {
+            runtime,
+            shared,
+            mcast,
+            ..
+        } = running;
         drop(mcast);
         // Dropping the runtime cancels every task (closing their sockets) and joins its threads.
         runtime.shutdown_timeout(Duration::from_secs(5));
@@ -426,13 +442,22 @@ impl Channel {
         };
         let encode = |opts: u32, payload: &[u8]| {
             let mut frame = Vec::with_capacity(payload.len() + shared.local_address.len() + 64);
-            encode_framed_channel_data(opts, timestamp, &unique_id, &shared.local_address, payload, &mut frame);
+            encode_framed_channel_data(
+                opts,
+                timestamp,
+                &unique_id,
+                &shared.local_address,
+                payload,
+                &mut frame,
+            );
             Bytes::from(frame)
         };
         match msgs {
             None => {
                 let frame = encode(options, data);
-                shared.pool.enqueue(&targets, &frame, mode, tracker.as_ref());
+                shared
+                    .pool
+                    .enqueue(&targets, &frame, mode, tracker.as_ref());
             }
             Some(msgs) => {
                 let last = msgs.len().saturating_sub(1);
@@ -440,16 +465,31 @@ impl Channel {
                     let frame = encode(m.options, &m.payload);
                     // Only each target's final frame reports to the tracker.
                     let is_last_for_targets = i == last
-                        || !msgs[i + 1..]
-                            .iter()
-                            .any(|later| later.targets.iter().any(|t| m.targets.iter().any(|x| x.same_as(t))));
-                    let t = if is_last_for_targets { tracker.as_ref() } else { None };
-                    let frame_mode = if t.is_some() { mode } else if mode == SendMode::Async { SendMode::Async } else { SendMode::Written };
+                        || !msgs[i + 1..].iter().any(|later| {
+                            later
+                                .targets
+                                .iter()
+                                .any(|t| m.targets.iter().any(|x| x.same_as(t)))
+                        });
+                    let t = if is_last_for_targets {
+                        tracker.as_ref()
+                    } else {
+                        None
+                    };
+                    let frame_mode = if t.is_some() {
+                        mode
+                    } else if mode == SendMode::Async {
+                        SendMode::Async
+                    } else {
+                        SendMode::Written
+                    };
                     shared.pool.enqueue(&m.targets, &frame, frame_mode, t);
                 }
             }
         }
-        let Some(tracker) = tracker else { return Ok(()) };
+        let Some(tracker) = tracker else {
+            return Ok(());
+        };
         let deadline = Instant::now() + Duration::from_millis(self.cfg.sender.timeout_ms);
         let faulty = tracker.wait(deadline);
         if faulty.is_empty() {
@@ -460,7 +500,10 @@ impl Channel {
         for f in faulty.iter().filter(|f| !f.remote_failure) {
             let _ = shared.pool.notify_lost(&f.member, &f.cause);
         }
-        let names: Vec<String> = faulty.iter().map(|f| format!("{} ({})", f.member, f.cause)).collect();
+        let names: Vec<String> = faulty
+            .iter()
+            .map(|f| format!("{} ({})", f.member, f.cause))
+            .collect();
         Err(Error::Channel {
             message: format!(
                 "send failed for {} of {} member(s). Faulty members: {}",

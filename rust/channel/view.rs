@@ -157,12 +157,13 @@ impl ViewTask {
             }
             (Purpose::Verify, Ok(())) => {
                 if self.in_view(&key) {
-                    let silent = self
-                        .table
-                        .silence(&key, Instant::now())
-                        .is_none_or(|d| d.as_millis() as u64 > self.shared.cfg.membership.drop_time_ms);
+                    let silent = self.table.silence(&key, Instant::now()).is_none_or(|d| {
+                        d.as_millis() as u64 > self.shared.cfg.membership.drop_time_ms
+                    });
                     if silent {
-                        self.suspects.entry(key.clone()).or_insert_with(Instant::now);
+                        self.suspects
+                            .entry(key.clone())
+                            .or_insert_with(Instant::now);
                     }
                     // Alive: make sure a connection is up again.
                     self.shared.pool.reconnect(&key);
@@ -226,7 +227,9 @@ impl ViewTask {
     }
 
     fn start_probe(&mut self, member: Arc<Member>, purpose: Purpose) {
-        let Some(fd) = self.shared.stack.failure_detector else { return };
+        let Some(fd) = self.shared.stack.failure_detector else {
+            return;
+        };
         let Some(addr) = member.socket_addr() else {
             let _ = self.probe_tx.send(ProbeResult {
                 member,
@@ -240,7 +243,11 @@ impl ViewTask {
         let local = self.shared.local_address.clone();
         tokio::spawn(async move {
             let outcome = probe(addr, &local, fd.connect_timeout).await;
-            let _ = tx.send(ProbeResult { member, purpose, outcome });
+            let _ = tx.send(ProbeResult {
+                member,
+                purpose,
+                outcome,
+            });
         });
     }
 
@@ -259,7 +266,10 @@ impl ViewTask {
             log::info!(target: LOG, "member disappeared: {member}");
             self.shared.pool.remove(key);
             self.shared.stack.member_gone(&member);
-            self.shared.events.post(Event::MemberDisappeared(member)).await;
+            self.shared
+                .events
+                .post(Event::MemberDisappeared(member))
+                .await;
         }
     }
 }

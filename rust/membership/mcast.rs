@@ -31,8 +31,10 @@ pub fn open(cfg: &MembershipConfig) -> Result<std::net::UdpSocket> {
     };
     let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
         .map_err(|e| io("socket", e))?;
-    sock.set_reuse_address(true).map_err(|e| io("SO_REUSEADDR", e))?;
-    sock.set_nonblocking(true).map_err(|e| io("non-blocking", e))?;
+    sock.set_reuse_address(true)
+        .map_err(|e| io("SO_REUSEADDR", e))?;
+    sock.set_nonblocking(true)
+        .map_err(|e| io("non-blocking", e))?;
     let _ = sock.set_recv_buffer_size(1 << 20);
     let bind_addr = SocketAddr::new(group, cfg.port);
     sock.bind(&bind_addr.into())

@@ -14,7 +14,11 @@ use crate::wire::member::MemberPacket;
 /// The member a static entry stands for. Without a configured unique id, one is derived from
 /// host and port, so every node names the same peer the same way.
 pub fn static_member(cfg: &StaticMemberConfig) -> Arc<Member> {
-    let unique_id = match cfg.unique_id.as_deref().and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+    let unique_id = match cfg
+        .unique_id
+        .as_deref()
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+    {
         Some(id) => id,
         None => derived_id(&cfg.host.to_string(), cfg.port),
     };
@@ -68,7 +72,8 @@ pub async fn run(
             let m = m.clone();
             Some(async move {
                 let ok = matches!(
-                    tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr)).await,
+                    tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+                        .await,
                     Ok(Ok(_))
                 );
                 (m, ok)
@@ -83,9 +88,9 @@ pub async fn run(
 }
 
 /// Runs futures concurrently on the current task and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();

@@ -18,7 +18,9 @@ use crate::config::CoreConfig;
 use crate::error::Error;
 use crate::events::{self, Event, LogRecord};
 use crate::member::{Member, MemberKey};
-use crate::wire::options::{parse_send_options, send_options_to_string, ASYNCHRONOUS, USE_ACK, SYNCHRONIZED_ACK};
+use crate::wire::options::{
+    parse_send_options, send_options_to_string, ASYNCHRONOUS, SYNCHRONIZED_ACK, USE_ACK,
+};
 
 pyo3::import_exception!(tribes.errors, ConfigError);
 pyo3::import_exception!(tribes.errors, ChannelError);
@@ -115,7 +117,13 @@ impl PyMember {
         PyBytes::new(py, &self.inner.encoded)
     }
     fn __repr__(&self) -> String {
-        let id: String = self.inner.packet.unique_id.iter().map(|b| format!("{b:02x}")).collect();
+        let id: String = self
+            .inner
+            .packet
+            .unique_id
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         format!(
             "Member(name={:?}, unique_id={id}, alive_ms={})",
             self.inner.name(),
@@ -163,36 +171,59 @@ pub struct CoreChannel {
 
 fn options_from_py(options: &Bound<'_, PyAny>) -> PyResult<u32> {
     if let Ok(n) = options.extract::<i64>() {
-        return u32::try_from(n).map_err(|_| ConfigError::new_err(format!("send_options: {n} is out of range")));
+        return u32::try_from(n)
+            .map_err(|_| ConfigError::new_err(format!("send_options: {n} is out of range")));
     }
     if let Ok(s) = options.extract::<String>() {
-        return parse_send_options(&s).map_err(|e| ConfigError::new_err(format!("send_options: {e}")));
+        return parse_send_options(&s)
+            .map_err(|e| ConfigError::new_err(format!("send_options: {e}")));
     }
     Err(PyTypeError::new_err("send options must be an int or a str"))
 }
 
 fn event_to_py(py: Python<'_>, ev: Event) -> PyResult<Py<PyAny>> {
     let t = match ev {
-        Event::MemberAdded(m) => ("added", PyMember { inner: m }).into_pyobject(py)?.into_any(),
-        Event::MemberDisappeared(m) => ("disappeared", PyMember { inner: m }).into_pyobject(py)?.into_any(),
-        Event::Message { sender, data, reply } => {
+        Event::MemberAdded(m) => ("added", PyMember { inner: m })
+            .into_pyobject(py)?
+            .into_any(),
+        Event::MemberDisappeared(m) => ("disappeared", PyMember { inner: m })
+            .into_pyobject(py)?
+            .into_any(),
+        Event::Message {
+            sender,
+            data,
+            reply,
+        } => {
             let token = match reply {
-                Some(tx) => Some(Py::new(py, AckToken { reply: Mutex::new(Some(tx)) })?),
+                Some(tx) => Some(Py::new(
+                    py,
+                    AckToken {
+                        reply: Mutex::new(Some(tx)),
+                    },
+                )?),
                 None => None,
             };
-            ("message", PyMember { inner: sender }, PyBytes::new(py, &data), token)
+            (
+                "message",
+                PyMember { inner: sender },
+                PyBytes::new(py, &data),
+                token,
+            )
                 .into_pyobject(py)?
                 .into_any()
         }
-        Event::SendFailed { member, cause } => {
-            ("send_failed", PyMember { inner: member }, cause).into_pyobject(py)?.into_any()
-        }
+        Event::SendFailed { member, cause } => ("send_failed", PyMember { inner: member }, cause)
+            .into_pyobject(py)?
+            .into_any(),
     };
     Ok(t.unbind())
 }
 
 fn logs_to_py<'py>(py: Python<'py>, logs: Vec<LogRecord>) -> PyResult<Bound<'py, PyList>> {
-    let items: Vec<(u8, String, String)> = logs.into_iter().map(|r| (r.level, r.logger, r.message)).collect();
+    let items: Vec<(u8, String, String)> = logs
+        .into_iter()
+        .map(|r| (r.level, r.logger, r.message))
+        .collect();
     PyList::new(py, items)
 }
 
@@ -201,14 +232,16 @@ impl CoreChannel {
     /// Makes a stopped channel from `ClusterConfig.to_core_json()`.
     #[new]
     fn new(config_json: &str) -> PyResult<Self> {
-        let cfg = CoreConfig::from_json(config_json).map_err(|e| Python::attach(|py| to_pyerr(py, e)))?;
+        let cfg =
+            CoreConfig::from_json(config_json).map_err(|e| Python::attach(|py| to_pyerr(py, e)))?;
         let inner = Channel::new(cfg).map_err(|e| Python::attach(|py| to_pyerr(py, e)))?;
         Ok(CoreChannel { inner })
     }
 
     /// Binds sockets and starts the runtime.
     fn start(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.inner.start()).map_err(|e| to_pyerr(py, e))
+        py.detach(|| self.inner.start())
+            .map_err(|e| to_pyerr(py, e))
     }
 
     /// Sends the shutdown heartbeat, stops every task and closes every socket.
@@ -224,17 +257,25 @@ impl CoreChannel {
 
     /// Members in the view, oldest-running first.
     fn members(&self) -> Vec<PyMember> {
-        self.inner.members().into_iter().map(|inner| PyMember { inner }).collect()
+        self.inner
+            .members()
+            .into_iter()
+            .map(|inner| PyMember { inner })
+            .collect()
     }
 
     /// The local member (None when stopped).
     fn local_member(&self) -> Option<PyMember> {
-        self.inner.local_member().map(|m| PyMember { inner: Arc::new(m) })
+        self.inner
+            .local_member()
+            .map(|m| PyMember { inner: Arc::new(m) })
     }
 
     /// (host, port) of the bound receiver.
     fn receiver_address(&self) -> Option<(String, u16)> {
-        self.inner.receiver_address().map(|a| (a.ip().to_string(), a.port()))
+        self.inner
+            .receiver_address()
+            .map(|a| (a.ip().to_string(), a.port()))
     }
 
     /// Sends bytes; see `tribes.Cluster.send`.
@@ -270,7 +311,12 @@ impl CoreChannel {
     /// Events: `("added", m)`, `("disappeared", m)`, `("message", m, data, token|None)`,
     /// `("send_failed", m, cause)`. Logs: `(level, logger, message)`.
     #[pyo3(signature = (max=512, timeout_ms=200))]
-    fn next_events<'py>(&self, py: Python<'py>, max: usize, timeout_ms: u64) -> PyResult<Bound<'py, PyTuple>> {
+    fn next_events<'py>(
+        &self,
+        py: Python<'py>,
+        max: usize,
+        timeout_ms: u64,
+    ) -> PyResult<Bound<'py, PyTuple>> {
         let Some(rx) = self.inner.events() else {
             let logs = logs_to_py(py, events::drain_logs(max))?;
             return (PyList::empty(py), logs, true).into_pyobject(py);
@@ -334,7 +380,9 @@ fn _panic_for_tests() -> PyResult<()> {
     let r = std::panic::catch_unwind(|| panic!("deliberate panic"));
     match r {
         Ok(()) => Ok(()),
-        Err(_) => Err(PyRuntimeError::new_err("a panic was caught at the boundary")),
+        Err(_) => Err(PyRuntimeError::new_err(
+            "a panic was caught at the boundary",
+        )),
     }
 }
 

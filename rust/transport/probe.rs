@@ -16,7 +16,11 @@ use crate::wire::options::{BYTE_MESSAGE, USE_ACK};
 use crate::wire::TCP_FAIL_DETECT;
 
 /// Probes `addr`; Ok(()) when the member answered, Err(cause) otherwise.
-pub async fn probe(addr: SocketAddr, local_address: &[u8], timeout: Duration) -> Result<(), String> {
+pub async fn probe(
+    addr: SocketAddr,
+    local_address: &[u8],
+    timeout: Duration,
+) -> Result<(), String> {
     let mut stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("connect to {addr} failed: {e}")),
@@ -58,7 +62,10 @@ pub async fn probe(addr: SocketAddr, local_address: &[u8], timeout: Duration) ->
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,
-        Err(_) => Err(format!("{addr} did not answer within {} ms", timeout.as_millis())),
+        Err(_) => Err(format!(
+            "{addr} did not answer within {} ms",
+            timeout.as_millis()
+        )),
     }
 }
 

@@ -206,7 +206,8 @@ impl SenderPool {
         conns.insert(key, conn.clone());
         let pool = self.clone();
         let c = conn.clone();
-        self.runtime.spawn(async move { pool.run_connection(c).await });
+        self.runtime
+            .spawn(async move { pool.run_connection(c).await });
         conn
     }
 
@@ -345,7 +346,9 @@ impl SenderPool {
             super::tune_stream(&stream, self.settings.keepalive);
             conn.broken.store(false, Ordering::SeqCst);
             let (rd, mut wr) = stream.into_split();
-            let reader = self.runtime.spawn(read_acks(conn.clone(), rd, self.stats.clone()));
+            let reader = self
+                .runtime
+                .spawn(read_acks(conn.clone(), rd, self.stats.clone()));
             let cause = self.write_loop(&conn, &mut wr).await;
             reader.abort();
             let _ = reader.await;
@@ -409,11 +412,15 @@ impl Connection {
     fn close(&self, why: &str) {
         let mut st = self.state.lock();
         st.closed = true;
-        let waiters: Vec<Waiter> = { let st = &mut *st; st.acks.drain(..).chain(st.writes.drain(..)).collect() };
+        let waiters: Vec<Waiter> = {
+            let st = &mut *st;
+            st.acks.drain(..).chain(st.writes.drain(..)).collect()
+        };
         st.out.clear();
         drop(st);
         for w in waiters {
-            w.tracker.finish(&self.member, Some((why.to_string(), false)));
+            w.tracker
+                .finish(&self.member, Some((why.to_string(), false)));
         }
         self.space.notify_all();
         self.wake.notify_one();
@@ -441,13 +448,17 @@ impl Connection {
         let mut st = self.state.lock();
         let lost = st.out.len();
         st.out.clear();
-        let waiters: Vec<Waiter> = { let st = &mut *st; st.acks.drain(..).chain(st.writes.drain(..)).collect() };
+        let waiters: Vec<Waiter> = {
+            let st = &mut *st;
+            st.acks.drain(..).chain(st.writes.drain(..)).collect()
+        };
         drop(st);
         self.space.notify_all();
         let had_waiters = !waiters.is_empty();
         for w in waiters {
             stats::inc(&pool.stats.send_failures);
-            w.tracker.finish(&self.member, Some((cause.to_string(), false)));
+            w.tracker
+                .finish(&self.member, Some((cause.to_string(), false)));
         }
         if lost > 0 && !had_waiters {
             stats::add(&pool.stats.async_bytes_lost, lost as u64);
@@ -464,7 +475,10 @@ impl Connection {
     /// queued again, in their original order; the rest fail. Async bytes not covered are lost.
     fn requeue_after_failure(&self, cause: &str, max_retries: u32, pool: &SenderPool) {
         let mut st = self.state.lock();
-        let mut waiters: Vec<Waiter> = { let st = &mut *st; st.acks.drain(..).chain(st.writes.drain(..)).collect() };
+        let mut waiters: Vec<Waiter> = {
+            let st = &mut *st;
+            st.acks.drain(..).chain(st.writes.drain(..)).collect()
+        };
         waiters.sort_by_key(|w| w.seq);
         let unacked_bytes: usize = waiters.iter().map(|w| w.frame.len()).sum();
         let lost_async = st.out.len().saturating_sub(unacked_bytes);
@@ -509,7 +523,11 @@ fn is_ack_frame(frame: &[u8]) -> bool {
 }
 
 /// Reads ACK/NACK frames from a sender connection and completes waiters in order.
-async fn read_acks(conn: Arc<Connection>, mut rd: tokio::net::tcp::OwnedReadHalf, stats: Arc<Stats>) {
+async fn read_acks(
+    conn: Arc<Connection>,
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    stats: Arc<Stats>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -535,7 +553,10 @@ async fn read_acks(conn: Arc<Connection>, mut rd: tokio::net::tcp::OwnedReadHalf
                                 stats::inc(&stats.nacks_received);
                                 w.tracker.finish(
                                     &conn.member,
-                                    Some(("the member failed to process the message (NACK)".into(), true)),
+                                    Some((
+                                        "the member failed to process the message (NACK)".into(),
+                                        true,
+                                    )),
                                 );
                             }
                         }
@@ -559,7 +580,10 @@ impl SenderPool {
     /// Reports a failed send to the failure detector (as a lost connection would).
     pub fn notify_lost(&self, member: &Arc<Member>, cause: &str) -> bool {
         self.notices
-            .send(PoolNotice::ConnectionLost(member.clone(), cause.to_string()))
+            .send(PoolNotice::ConnectionLost(
+                member.clone(),
+                cause.to_string(),
+            ))
             .is_ok()
     }
 }

@@ -1,0 +1,232 @@
+//! Integration tests of the core channel on loopback: membership, acknowledged sends, failure
+//! reports, hostile bytes. Python is not involved (`cargo test` needs no libpython).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use tribes::channel::Channel;
+use tribes::config::CoreConfig;
+use tribes::events::Event;
+use tribes::wire::options::{ASYNCHRONOUS, SYNCHRONIZED_ACK, USE_ACK};
+use tribes::Error;
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A multicast port of this test run (different per test, and per run by the pid).
+fn mcast_port() -> u16 {
+    let base = 47000 + (std::process::id() % 500) as u16 * 2;
+    base + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 1000
+}
+
+fn config(mcast_port: u16, interceptors: &str) -> CoreConfig {
+    let json = format!(
+        r#"{{"name":"t","send_options":2,"insecure":false,"worker_threads":2,"event_queue_size":1024,
+        "membership":{{"address":"228.0.0.4","port":{mcast_port},"frequency_ms":50,"drop_time_ms":500,
+          "bind":"127.0.0.1","ttl":0,"domain":[],"payload":[],"local_loopback_disabled":false,"static_members":[]}},
+        "receiver":{{"address":"127.0.0.1","port":0,"auto_bind":1,"max_frame":1048576,"max_connections":64}},
+        "sender":{{"timeout_ms":3000,"connect_timeout_ms":1000,"max_retries":1,"keepalive":true}},
+        "interceptors":[{interceptors}]}}"#
+    );
+    CoreConfig::from_json(&json).expect("valid config")
+}
+
+const DEFAULT_STACK: &str =
+    r#"{"name":"dispatch","options":{}},{"name":"failure_detector","options":{}}"#;
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn started(port: u16, stack: &str) -> Channel {
+    let ch = Channel::new(config(port, stack)).expect("channel");
+    ch.set_deliver_messages(true);
+    ch.start().expect("start");
+    ch
+}
+
+fn next_message(ch: &Channel, timeout: Duration) -> Option<Vec<u8>> {
+    let rx = ch.events()?;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(Event::Message { data, reply, .. }) = rx.recv_timeout(Duration::from_millis(20))
+        {
+            if let Some(tx) = reply {
+                let _ = tx.send(true);
+            }
+            return Some(data);
+        }
+    }
+    None
+}
+
+#[test]
+fn two_members_see_each_other_and_exchange_acked_messages() {
+    let port = mcast_port();
+    let a = started(port, DEFAULT_STACK);
+    let b = started(port, DEFAULT_STACK);
+    wait_until("membership", Duration::from_secs(5), || {
+        a.members().len() == 1 && b.members().len() == 1
+    });
+    let b_local = b.local_member().expect("running");
+    assert!(a.members()[0].same_as(&b_local));
+
+    a.send(b"hello", None, USE_ACK).expect("ack send");
+    assert_eq!(
+        next_message(&b, Duration::from_secs(2)).as_deref(),
+        Some(&b"hello"[..])
+    );
+
+    // Synchronised ack waits for the receiver's processing (completed by next_message).
+    let sender = std::thread::spawn({
+        let payload = vec![7u8; 200_000];
+        move || {
+            a.send(&payload, None, USE_ACK | SYNCHRONIZED_ACK)
+                .map(|_| a)
+        }
+    });
+    let got = next_message(&b, Duration::from_secs(3)).expect("sync message");
+    assert_eq!(got.len(), 200_000);
+    let a = sender.join().expect("thread").expect("sync send");
+
+    for i in 0..500u32 {
+        a.send(&i.to_be_bytes(), None, ASYNCHRONOUS)
+            .expect("async send");
+    }
+    for i in 0..500u32 {
+        let m = next_message(&b, Duration::from_secs(3)).expect("async message");
+        assert_eq!(m, i.to_be_bytes(), "async messages arrive in order");
+    }
+    b.stop();
+    wait_until("shutdown seen", Duration::from_secs(1), || {
+        a.members().is_empty()
+    });
+    a.stop();
+}
+
+#[test]
+fn a_nack_fails_a_synchronised_send_with_a_remote_cause() {
+    let port = mcast_port();
+    let a = started(port, DEFAULT_STACK);
+    let b = started(port, DEFAULT_STACK);
+    wait_until("membership", Duration::from_secs(5), || {
+        a.members().len() == 1
+    });
+    let rx = b.events().expect("events");
+    let t = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Some(Event::Message {
+                reply: Some(tx), ..
+            }) = rx.recv_timeout(Duration::from_millis(20))
+            {
+                let _ = tx.send(false);
+                return true;
+            }
+        }
+        false
+    });
+    match a.send(b"x", None, USE_ACK | SYNCHRONIZED_ACK) {
+        Err(Error::Channel { faulty, .. }) => {
+            assert_eq!(faulty.len(), 1);
+            assert!(faulty[0].remote_failure, "{}", faulty[0].cause);
+        }
+        other => panic!("expected a channel error, got {other:?}"),
+    }
+    assert!(t.join().expect("thread"));
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn garbage_on_the_receiver_port_is_counted_and_ignored() {
+    let port = mcast_port();
+    let a = started(port, DEFAULT_STACK);
+    let b = started(port, DEFAULT_STACK);
+    wait_until("membership", Duration::from_secs(5), || {
+        a.members().len() == 1
+    });
+    let addr = b.receiver_address().expect("bound");
+
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(b"this is not a frame at all, just noise")
+        .expect("write");
+    // A frame header declaring a body far over max_frame: rejected from the header alone.
+    let mut huge = b"FLT2002".to_vec();
+    huge.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    let mut s2 = std::net::TcpStream::connect(addr).expect("connect");
+    s2.write_all(&huge).expect("write");
+    // A well-framed body that is not channel data.
+    let mut bad = b"FLT2002".to_vec();
+    bad.extend_from_slice(&4u32.to_be_bytes());
+    bad.extend_from_slice(b"oops");
+    bad.extend_from_slice(b"TLF2003");
+    s.write_all(&bad).expect("write");
+    s.flush().expect("flush");
+
+    let stats = b.stats();
+    wait_until("rejections counted", Duration::from_secs(3), || {
+        let snap: std::collections::HashMap<_, _> = stats.snapshot().into_iter().collect();
+        snap["rejected_frames"] >= 1
+            && snap["rejected_oversized"] == 1
+            && snap["rejected_channel_data"] >= 1
+    });
+    // Still serving.
+    a.send(b"after garbage", None, USE_ACK)
+        .expect("send after garbage");
+    assert_eq!(
+        next_message(&b, Duration::from_secs(2)).as_deref(),
+        Some(&b"after garbage"[..])
+    );
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn interceptors_round_trip_large_and_ordered_messages() {
+    let stack = r#"{"name":"dispatch","options":{}},{"name":"order","options":{}},
+        {"name":"fragmentation","options":{"max_size":1000}},{"name":"compression","options":{"codec":"lz4"}},
+        {"name":"throughput","options":{}},{"name":"failure_detector","options":{}}"#;
+    let port = mcast_port();
+    let a = started(port, stack);
+    let b = started(port, stack);
+    wait_until("membership", Duration::from_secs(5), || {
+        a.members().len() == 1
+    });
+    let big: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    a.send(&big, None, USE_ACK).expect("fragmented send");
+    assert_eq!(next_message(&b, Duration::from_secs(3)), Some(big));
+    for i in 0..200u32 {
+        a.send(&i.to_be_bytes(), None, ASYNCHRONOUS).expect("async");
+    }
+    for i in 0..200u32 {
+        assert_eq!(
+            next_message(&b, Duration::from_secs(3)),
+            Some(i.to_be_bytes().to_vec())
+        );
+    }
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_restarted_channel_is_a_new_member() {
+    let port = mcast_port();
+    let a = started(port, DEFAULT_STACK);
+    let b = started(port, DEFAULT_STACK);
+    wait_until("membership", Duration::from_secs(5), || {
+        a.members().len() == 1
+    });
+    let first = a.members()[0].key();
+    b.stop();
+    wait_until("gone", Duration::from_secs(1), || a.members().is_empty());
+    b.start().expect("restart");
+    wait_until("back", Duration::from_secs(5), || a.members().len() == 1);
+    assert_ne!(a.members()[0].key(), first, "a new unique id after restart");
+    a.stop();
+    b.stop();
+}
