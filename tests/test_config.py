@@ -255,7 +255,7 @@ def test_unknown_section_field_names_it_and_suggests() -> None:
         ({"receiver": {"address": "localhost"}}, "receiver.address"),
         ({"receiver": {"address": "0.0.0.0"}}, "receiver.address"),
         ({"receiver": {"address": "228.0.0.4"}}, "receiver.address"),
-        ({"receiver": {"port": 0}}, "receiver.port"),
+        ({"receiver": {"port": -1}}, "receiver.port"),
         ({"receiver": {"auto_bind": 0}}, "receiver.auto_bind"),
         ({"receiver": {"port": 65500, "auto_bind": 100}}, "receiver.auto_bind"),
         ({"receiver": {"max_frame": 100}}, "receiver.max_frame"),

@@ -504,7 +504,9 @@ class ReceiverConfig:
             "IP address to listen on and advertise, or ``auto`` (Tomcat's default; ours: 127.0.0.1)."
         ),
     )
-    port: int = field(default=4000, metadata=_doc("First TCP port to try."))
+    port: int = field(
+        default=4000, metadata=_doc("First TCP port to try; 0 lets the OS pick a free port (auto_bind unused).")
+    )
     auto_bind: int = field(
         default=100, metadata=_doc("Number of ports to try: port … port+auto_bind-1 (Tomcat ``autoBind``).")
     )
@@ -525,7 +527,7 @@ class ReceiverConfig:
                     f"got {address!r}",
                     "receiver.address",
                 )
-        _check_int(self.port, "receiver.port", 1, 65535)
+        _check_int(self.port, "receiver.port", 0, 65535)
         _check_int(self.auto_bind, "receiver.auto_bind", 1, 65535)
         if self.port + self.auto_bind - 1 > 65535:
             raise ConfigError(
