@@ -742,21 +742,39 @@ def test_cli_members_lists_a_running_member(mcast_port: int, member_process: Fac
     assert gone_uid in out  # the CLI's own "local" line shows the id the peer saw
 
 
-def test_static_membership(mcast_port: int, local_node: Factory, free_tcp_port: Factory) -> None:
+def test_static_membership(
+    mcast_port: int, local_node: Factory, free_tcp_port: Factory, wait_for: Factory
+) -> None:
     p1, p2 = free_tcp_port(), free_tcp_port()
     static = {"static_members": [{"host": LOOPBACK, "port": p1}, {"host": LOOPBACK, "port": p2}]}
     a = local_node(mcast_port, membership=static, receiver={"port": p1, "auto_bind": 1})
     b = local_node(mcast_port, membership=static, receiver={"port": p2, "auto_bind": 1})
     assert (a.port, b.port) == (p1, p2)
-    b_seen, a_seen = a.wait_sees(b), b.wait_sees(a)
-    assert b_seen.unique_id == b.member.unique_id and a_seen.unique_id == a.member.unique_id
+
+    def peer_at(node: Any, port: int) -> Any:
+        # Static entries without a configured unique_id get one derived from host:port, so the
+        # member in the view has the peer's address but not the id the peer generated itself.
+        return next((m for m in node.cluster.members if (m.host, m.port) == (LOOPBACK, port)), None)
+
+    b_seen = wait_for(lambda: peer_at(a, p2), 10, lambda: f"a to list b; it lists {a.cluster.members}")
+    a_seen = wait_for(lambda: peer_at(b, p1), 10, lambda: f"b to list a; it lists {b.cluster.members}")
+    assert a.cluster.members == [b_seen] and b.cluster.members == [a_seen]  # not itself
+    a.recorder.wait("added", lambda m, _d: m == b_seen)
+
     a.cluster.send(b"a to b", to=b_seen, options="use_ack")
-    b.cluster.send(b"b to a", options="use_ack")
-    b.recorder.wait("msg", lambda m, d: d == b"a to b" and m == a_seen)
-    a.recorder.wait("msg", lambda m, d: d == b"b to a" and m == b_seen)
-    # Static membership sends no multicast.
-    assert a.cluster.stats()["heartbeats_sent"] == 0
-    assert len(a.cluster.members) == 1 and len(b.cluster.members) == 1
+    b.cluster.send(b"b to a", options="use_ack,sync")
+    _, sender, _ = b.recorder.wait("msg", lambda _m, d: d == b"a to b")
+    assert sender == a.member  # messages carry the sender's own member packet
+    _, sender, _ = a.recorder.wait("msg", lambda _m, d: d == b"b to a")
+    assert sender == b.member
+    assert a.cluster.stats()["acks_received"] >= 1 and b.cluster.stats()["acks_received"] >= 1
+    # Static membership sends no multicast heartbeats.
+    assert a.cluster.stats()["heartbeats_sent"] == 0 == b.cluster.stats()["heartbeats_sent"]
+
+    # A static peer that stops is reported gone.
+    b.stop()
+    a.recorder.wait("gone", lambda m, _d: m == b_seen)
+    assert a.cluster.members == []
 
 
 INTERCEPTOR_STACKS = {

@@ -310,7 +310,8 @@ class StaticMember:
     unique_id: bytes | None = field(
         default=None,
         metadata=_doc(
-            "The peer's 16-byte unique id (Tomcat ``uniqueId``, ``{1,2,…}`` accepted); None = any."
+            "The peer's 16-byte unique id (Tomcat ``uniqueId``, ``{1,2,…}`` accepted); "
+            "None = derived from host:port, so every node names the peer alike."
         ),
     )
     domain: bytes = field(
@@ -504,9 +505,7 @@ class ReceiverConfig:
             "IP address to listen on and advertise, or ``auto`` (Tomcat's default; ours: 127.0.0.1)."
         ),
     )
-    port: int = field(
-        default=4000, metadata=_doc("First TCP port to try; 0 lets the OS pick a free port (auto_bind unused).")
-    )
+    port: int = field(default=4000, metadata=_doc("First TCP port to try; 0 = a free port picked by the OS."))
     auto_bind: int = field(
         default=100, metadata=_doc("Number of ports to try: port … port+auto_bind-1 (Tomcat ``autoBind``).")
     )
@@ -554,7 +553,8 @@ class SenderConfig:
         metadata=_doc("Extra attempts per destination after a failure (Tomcat ``maxRetryAttempts``)."),
     )
     keepalive: bool = field(
-        default=True, metadata=_doc("Keep connections open between sends (Tomcat keepAliveCount=-1).")
+        default=True,
+        metadata=_doc("TCP keepalive probes on idle member connections (which stay open between sends)."),
     )
 
     def __post_init__(self) -> None:

@@ -194,6 +194,15 @@ impl Channel {
             .map_err(|e| Error::io("receiver address", e))?;
 
         let started = Instant::now();
+        // With static membership every node names every peer by its configured (or host:port
+        // derived) id, so the local member takes the id its peers know it by.
+        let unique_id = cfg
+            .membership
+            .static_members
+            .iter()
+            .find(|s| s.host == receiver_addr.ip() && s.port == receiver_addr.port())
+            .map(|s| static_members::static_member(s).packet.unique_id)
+            .unwrap_or_else(new_unique_id);
         let packet = MemberPacket {
             alive_ms: 0,
             port: i32::from(receiver_addr.port()),
@@ -202,7 +211,7 @@ impl Channel {
             host: ip_bytes(receiver_addr.ip()),
             command: Vec::new(),
             domain: cfg.membership.domain.clone(),
-            unique_id: new_unique_id(),
+            unique_id,
             payload: cfg.membership.payload.clone(),
         };
         let local_member = Member::from_packet(packet.clone());
