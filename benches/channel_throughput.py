@@ -34,6 +34,7 @@ import os
 import platform
 import queue
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -372,7 +373,6 @@ class Result:
     kind: str  # "throughput" | "latency"
     payload: int
     rounds: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def med(self, key: str) -> float | None:
         values = [r[key] for r in self.rounds if r.get(key) is not None]
@@ -477,6 +477,10 @@ class Bench:
     def remaining(self) -> float:
         return self.s.budget_s - (time.monotonic() - self.t_start)
 
+    def drain_timeout(self) -> float:
+        """How long to wait for receivers to catch up: drain_s, less when the time budget runs out."""
+        return round(min(self.s.drain_s, max(2.0, self.remaining())), 1)
+
     # -- helpers --------------------------------------------------------------------------------
 
     def delivered(self) -> list[int]:
@@ -525,7 +529,8 @@ class Bench:
             for _ in range(64):
                 send(payload, None, "async")
             n += 64
-        base = self.drain([b + n for b in base], self.s.drain_s)
+        drain_s = self.drain_timeout()
+        base = self.drain([b + n for b in base], drain_s)
         before = self.sender_stats()
         failures_before = self.async_failures
         call_all(self.receivers, f"arm {self.s.async_s + self.s.drain_s + 10:g}")
@@ -543,8 +548,8 @@ class Bench:
                 break
         t1 = now_ns()
         for r, b in zip(self.receivers, base, strict=True):
-            r.send(f"wait {b + sent} {self.s.drain_s:g}")
-        answers = [r.answer(timeout=self.s.drain_s + 10) for r in self.receivers]
+            r.send(f"wait {b + sent} {drain_s:g}")
+        answers = [r.answer(timeout=drain_s + 10) for r in self.receivers]
         cpu1 = self.cpu()
         after = self.sender_stats()
         counts = self.delivered()
@@ -577,26 +582,35 @@ class Bench:
     def ack_round(self, size: int, options: str) -> dict[str, Any]:
         payload = os.urandom(size)
         send = self.cluster.send
+        channel_error = self.tribes.ChannelError
         pc = time.perf_counter_ns
-        stop = time.perf_counter() + self.s.warmup_s
+        errors: list[str] = []
+        stop = pc() + int(self.s.warmup_s * 1e9)
         for _ in range(100_000):
-            send(payload, None, options)
-            if time.perf_counter() >= stop:
+            if pc() >= stop:
                 break
+            try:
+                send(payload, None, options)
+            except channel_error as exc:
+                errors.append(str(exc))
         before = self.sender_stats()
         base = self.delivered()
         cpu0 = self.cpu()
         lat: list[int] = []
-        max_msgs = 1_000_000
+        failed = 0
         t0 = pc()
         deadline = t0 + int(self.s.ack_s * 1e9)
-        while len(lat) < max_msgs:
-            for _ in range(32):
-                s = pc()
-                send(payload, None, options)
-                lat.append(pc() - s)
-            if pc() >= deadline:
+        for _ in range(1_000_000):  # the time bound stops it first
+            start = pc()
+            if start >= deadline:
                 break
+            try:
+                send(payload, None, options)
+            except channel_error as exc:  # a timeout or NACK: counted, not timed
+                failed += 1
+                errors.append(str(exc))
+                continue
+            lat.append(pc() - start)
         elapsed = (pc() - t0) / 1e9
         cpu1 = self.cpu()
         after = self.sender_stats()
@@ -604,7 +618,12 @@ class Bench:
         lat.sort()
         n = len(lat)
         acks = after["acks_received"] - before["acks_received"]
+        if errors:
+            self.anomalies.append(f"{options} {size} B: {len(errors)} send(s) failed, first: {errors[0]}")
+        if not lat:
+            raise RuntimeError(f"{options} {size} B: no send succeeded ({errors[:1]})")
         row = {
+            "failed": failed,
             "messages": n,
             "send_s": elapsed,
             "sent_msgs_s": n / elapsed,
@@ -614,7 +633,7 @@ class Bench:
             "p99_us": percentile(lat, 0.99) / 1e3,
             "max_us": lat[-1] / 1e3,
             "acks_received": acks,
-            "undelivered": [b + n - c for b, c in zip(base, counts, strict=True)],
+            "undelivered": [b + n + failed - c for b, c in zip(base, counts, strict=True)],
             "send_failures": after["send_failures"] - before["send_failures"],
             **self.cores(cpu0, cpu1),
         }
@@ -700,13 +719,12 @@ class Bench:
         cpu0 = self.cpu()
         t0 = pc()
         deadline = t0 + int(self.s.pingpong_s * 1e9)
-        while len(lat) < 1_000_000:
-            for _ in range(32):
-                s0 = pc()
-                once()
-                lat.append(pc() - s0)
-            if pc() >= deadline:
+        for _ in range(1_000_000):  # the time bound stops it first
+            start = pc()
+            if start >= deadline:
                 break
+            once()
+            lat.append(pc() - start)
         elapsed = (pc() - t0) / 1e9
         cpu1 = self.cpu()
         for s in socks:
@@ -962,12 +980,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings(**{**asdict(settings), "rounds": max(1, min(args.rounds, 20))})
     import tribes
 
+    def overrun(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"the benchmark exceeded its hard time limit ({hard_limit} s)")
+
+    # Every loop is bounded by count and time; this catches a blocking call that never returns.
+    hard_limit = int(settings.budget_s * 1.5) + 30
+    signal.signal(signal.SIGALRM, overrun)
+    signal.alarm(hard_limit)
     bench = Bench(settings)
     try:
         bench.start()
         results = bench.run(args.only)
     finally:
         bench.close()
+        signal.alarm(0)
     meta = {
         "machine": machine(),
         "tribes_version": tribes.__version__,

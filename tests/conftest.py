@@ -401,6 +401,8 @@ class MemberProcess:
     def close(self) -> None:
         """Stop politely if still running, kill if that fails; release pipes and threads."""
         if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)  # a test may have left it stopped (SIGSTOP)
             with contextlib.suppress(AssertionError):
                 self.stop(timeout=5.0)
         self.kill()

@@ -50,6 +50,7 @@ class Cluster:
         self._message_listeners: list[MessageListener] = []
         self._membership_listeners: list[tuple[MemberListener | None, MemberListener | None]] = []
         self._error_listeners: list[ErrorListener] = []
+        self._membership_changed = threading.Condition()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -148,6 +149,17 @@ class Cluster:
             raise NotStartedError(f"cluster {self._config.name!r} is not started")
         return member
 
+    def wait_for_members(self, count: int = 1, timeout: float = 10.0) -> list[Member]:
+        """Block until at least ``count`` other members are in the view, and return them.
+
+        Raises ``TimeoutError`` when they do not all arrive within ``timeout`` seconds.
+        """
+        self._require()
+        with self._membership_changed:
+            if not self._membership_changed.wait_for(lambda: len(self.members) >= count, timeout):
+                raise TimeoutError(f"{len(self.members)} of {count} member(s) joined within {timeout:g} s")
+        return self.members
+
     # -- messages ------------------------------------------------------------------------------------
 
     def send(
@@ -163,6 +175,7 @@ class Cluster:
         (``"use_ack"``). ``use_ack`` returns once every target received the message; ``sync`` once
         every target processed it (its listeners ran); ``async`` returns at once.
 
+        With no other member in the cluster (and ``to=None``) nothing is sent and nothing raised.
         Raises :class:`~tribes.errors.ChannelError` naming every member the message did not reach,
         each with its cause; the other members got it.
         """
@@ -234,8 +247,10 @@ class Cluster:
             if token is not None:
                 token.complete(ok)
         elif kind == "added":
+            self._notify_membership_changed()
             _call_all([a for a, _ in self._membership_listeners if a is not None], "member-added", event[1])
         elif kind == "disappeared":
+            self._notify_membership_changed()
             _call_all(
                 [d for _, d in self._membership_listeners if d is not None], "member-disappeared", event[1]
             )
@@ -243,6 +258,10 @@ class Cluster:
             _, member, cause = event
             _log.warning("asynchronous send to %s failed: %s", member, cause)
             _call_all(self._error_listeners, "send-error", member, cause)
+
+    def _notify_membership_changed(self) -> None:
+        with self._membership_changed:
+            self._membership_changed.notify_all()
 
 
 def _call_all(listeners: Iterable[Callable[..., object]], what: str, *args: Any) -> bool:

@@ -294,8 +294,10 @@ impl Channel {
                 .filter(|s| !(s.host == receiver_addr.ip() && s.port == receiver_addr.port()))
                 .map(static_members::static_member)
                 .collect();
+            let pool = shared.pool.clone();
             runtime.spawn(static_members::run(
                 peers,
+                Arc::new(move |m: &Member| pool.is_connected(&m.key())),
                 frequency,
                 Duration::from_millis(cfg.sender.connect_timeout_ms.max(1)),
                 heard_tx.clone(),
@@ -396,8 +398,10 @@ impl Channel {
             let r = guard.as_ref().ok_or(Error::NotStarted)?;
             (r.shared.clone(), r.runtime.handle().clone())
         };
-        let _enter = handle.enter();
         let view = shared.view.read().clone();
+        // Destinations that are not (or no longer) members are reported, never sent to; the
+        // others still get the message.
+        let mut absent: Vec<Faulty> = Vec::new();
         let targets: Vec<Arc<Member>> = match to {
             None => view.iter().cloned().collect(),
             Some(keys) => {
@@ -405,24 +409,56 @@ impl Channel {
                 for k in keys {
                     match view.iter().find(|m| m.has_key(k)) {
                         Some(m) => t.push(m.clone()),
-                        None => {
-                            return Err(Error::Channel {
-                                message: "a destination is not a member of the cluster".into(),
-                                faulty: vec![Faulty {
-                                    member: Arc::new(key_member(k)),
-                                    cause: "not a member".into(),
-                                    remote_failure: false,
-                                }],
-                            })
-                        }
+                        None => absent.push(Faulty {
+                            member: Arc::new(key_member(k)),
+                            cause: "not a member of the cluster".into(),
+                            remote_failure: false,
+                        }),
                     }
                 }
                 t
             }
         };
-        if targets.is_empty() {
+        let total = targets.len() + absent.len();
+        let faulty = if targets.is_empty() {
+            Vec::new()
+        } else {
+            self.send_to(&shared, &handle, data, &targets, options)?
+        };
+        if faulty.is_empty() && absent.is_empty() {
             return Ok(());
         }
+        stats::add(&self.stats.send_failures, faulty.len() as u64);
+        // Tell the failure detector about real send errors (not NACKs).
+        for f in faulty.iter().filter(|f| !f.remote_failure) {
+            let _ = shared.pool.notify_lost(&f.member, &f.cause);
+        }
+        let faulty: Vec<Faulty> = absent.into_iter().chain(faulty).collect();
+        let names: Vec<String> = faulty
+            .iter()
+            .map(|f| format!("{} ({})", f.member, f.cause))
+            .collect();
+        Err(Error::Channel {
+            message: format!(
+                "send failed for {} of {} member(s). Faulty members: {}",
+                faulty.len(),
+                total,
+                names.join(", ")
+            ),
+            faulty,
+        })
+    }
+
+    /// Sends to members of the view; returns the ones that failed.
+    fn send_to(
+        &self,
+        shared: &Arc<Shared>,
+        handle: &tokio::runtime::Handle,
+        data: &[u8],
+        targets: &[Arc<Member>],
+        options: u32,
+    ) -> Result<Vec<Faulty>> {
+        let _enter = handle.enter();
         let mut options = options | BYTE_MESSAGE;
         if options & SYNCHRONIZED_ACK != 0 {
             options |= USE_ACK;
@@ -436,7 +472,7 @@ impl Channel {
         };
         let unique_id: [u8; 16] = rand::random();
         let timestamp = now_ms();
-        let tracker = (mode != SendMode::Async).then(|| SendTracker::new(&targets));
+        let tracker = (mode != SendMode::Async).then(|| SendTracker::new(targets));
         // With interceptors, one message may become several (fragments, per-target counters);
         // the tracker then counts a target done when its last frame completes.
         let msgs = if shared.stack.is_transparent() {
@@ -446,7 +482,7 @@ impl Channel {
                 options,
                 unique_id,
                 payload: data.to_vec(),
-                targets: targets.clone(),
+                targets: targets.to_vec(),
             })?)
         };
         let encode = |opts: u32, payload: &[u8]| {
@@ -464,9 +500,7 @@ impl Channel {
         match msgs {
             None => {
                 let frame = encode(options, data);
-                shared
-                    .pool
-                    .enqueue(&targets, &frame, mode, tracker.as_ref());
+                shared.pool.enqueue(targets, &frame, mode, tracker.as_ref());
             }
             Some(msgs) => {
                 let last = msgs.len().saturating_sub(1);
@@ -497,31 +531,10 @@ impl Channel {
             }
         }
         let Some(tracker) = tracker else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let deadline = Instant::now() + Duration::from_millis(self.cfg.sender.timeout_ms);
-        let faulty = tracker.wait(deadline);
-        if faulty.is_empty() {
-            return Ok(());
-        }
-        stats::add(&self.stats.send_failures, faulty.len() as u64);
-        // Tell the failure detector about real send errors (not NACKs).
-        for f in faulty.iter().filter(|f| !f.remote_failure) {
-            let _ = shared.pool.notify_lost(&f.member, &f.cause);
-        }
-        let names: Vec<String> = faulty
-            .iter()
-            .map(|f| format!("{} ({})", f.member, f.cause))
-            .collect();
-        Err(Error::Channel {
-            message: format!(
-                "send failed for {} of {} member(s). Faulty members: {}",
-                faulty.len(),
-                targets.len(),
-                names.join(", ")
-            ),
-            faulty,
-        })
+        Ok(tracker.wait(deadline))
     }
 }
 

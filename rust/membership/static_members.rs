@@ -52,9 +52,11 @@ pub fn derived_id(host: &str, port: u16) -> [u8; 16] {
     id
 }
 
-/// Probes every static peer each `frequency` and reports the reachable ones as alive.
+/// Probes every static peer each `frequency` and reports the reachable ones as alive. A peer
+/// with an established channel connection counts as reachable without a new probe.
 pub async fn run(
     peers: Vec<Arc<Member>>,
+    connected: Arc<dyn Fn(&Member) -> bool + Send + Sync>,
     frequency: Duration,
     connect_timeout: Duration,
     tx: mpsc::UnboundedSender<Heard>,
@@ -70,7 +72,11 @@ pub async fn run(
         let probes = peers.iter().filter_map(|m| {
             let addr: SocketAddr = m.socket_addr()?;
             let m = m.clone();
+            let up = connected(&m);
             Some(async move {
+                if up {
+                    return (m, true);
+                }
                 let ok = matches!(
                     tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
                         .await,

@@ -5,7 +5,7 @@
 //! through [`CoreChannel::next_events`] and runs the callbacks.
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -374,16 +374,11 @@ fn drain_logs(py: Python<'_>, max: usize) -> PyResult<Bound<'_, PyList>> {
     logs_to_py(py, events::drain_logs(max))
 }
 
-/// Raises a Rust panic (tests check that it becomes a Python exception, not an abort).
+/// Panics inside Rust on purpose: tests check that PyO3 turns it into a Python exception
+/// (`pyo3_runtime.PanicException`) instead of aborting the process.
 #[pyfunction]
-fn _panic_for_tests() -> PyResult<()> {
-    let r = std::panic::catch_unwind(|| panic!("deliberate panic"));
-    match r {
-        Ok(()) => Ok(()),
-        Err(_) => Err(PyRuntimeError::new_err(
-            "a panic was caught at the boundary",
-        )),
-    }
+fn _panic_for_tests() {
+    panic!("deliberate panic for tests");
 }
 
 /// The extension module.

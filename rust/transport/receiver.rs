@@ -156,7 +156,14 @@ async fn serve_connection(
             _ = shutdown.changed() => return,
         };
         match read {
-            Ok(0) => return,
+            Ok(0) => {
+                if !buf.is_empty() {
+                    // The peer closed in the middle of a frame.
+                    stats::inc(&stats.rejected_frames);
+                    log::debug!(target: LOG, "{peer} closed the connection inside a frame ({} bytes)", buf.len());
+                }
+                return;
+            }
             Ok(n) => stats::add(&stats.bytes_received, n as u64),
             Err(_) => return,
         }
@@ -215,8 +222,8 @@ async fn serve_connection(
                     match find_frame_start(&buf[start + 1..]) {
                         Some(off) => start += 1 + off,
                         None => {
-                            // Keep a tail that may hold the beginning of a start marker.
-                            start = buf.len().saturating_sub(6).max(start + 1).min(buf.len());
+                            // No marker, not even a partial one at the end: drop it all.
+                            start = buf.len();
                             break;
                         }
                     }

@@ -239,6 +239,14 @@ impl SenderPool {
         }
     }
 
+    /// True when a connection to the member is currently established.
+    pub fn is_connected(&self, key: &MemberKey) -> bool {
+        self.conns
+            .read()
+            .get(key)
+            .is_some_and(|c| c.state.lock().direct.is_some())
+    }
+
     /// Closes every connection.
     pub fn close_all(&self) {
         for (_, conn) in self.conns.write().drain() {
