@@ -378,6 +378,15 @@ class Result:
         values = [r[key] for r in self.rounds if r.get(key) is not None]
         return statistics.median(values) if values else None
 
+    def spread(self) -> str:
+        """Half the range over the rounds of the headline metric (median µs, or delivered msgs/s), as ±%
+        of its median."""
+        key = "median_us" if self.kind == "latency" else "delivered_msgs_s"
+        values = [r[key] for r in self.rounds if r.get(key) is not None]
+        if len(values) < 2:
+            return "-"
+        return f"±{(max(values) - min(values)) / 2 / statistics.median(values) * 100:.0f}%"
+
     def cpu(self) -> str:
         """Median CPU use of sender/receiver/receiver over the rounds, in cores."""
         values = [r["cpu_cores"] for r in self.rounds if r.get("cpu_cores")]
@@ -399,7 +408,7 @@ class Settings:
 
 
 FULL = Settings(
-    rounds=3, async_s=3.0, ack_s=1.5, raw_s=3.0, pingpong_s=1.0, warmup_s=0.3, drain_s=20.0, budget_s=170.0
+    rounds=5, async_s=2.5, ack_s=1.2, raw_s=2.5, pingpong_s=1.0, warmup_s=0.3, drain_s=20.0, budget_s=165.0
 )
 QUICK = Settings(
     rounds=1, async_s=1.0, ack_s=0.6, raw_s=1.0, pingpong_s=0.5, warmup_s=0.15, drain_s=8.0, budget_s=40.0
@@ -842,8 +851,8 @@ def report(results: list[Result], meta: dict[str, Any], anomalies: list[str]) ->
     raw_rtt = by["raw TCP ping-pong 1 KiB → 2 receivers, parallel"].med("median_us")
 
     lines = [
-        "| case | sent msgs/s | delivered msgs/s | MB/s | median µs | p99 µs | vs raw TCP | CPU s/r/r |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | sent msgs/s | delivered msgs/s | MB/s | median µs | p99 µs | vs raw TCP | spread | CPU s/r/r |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     summary: list[dict[str, Any]] = []
     for r in results:
@@ -866,6 +875,7 @@ def report(results: list[Result], meta: dict[str, Any], anomalies: list[str]) ->
             num(median, ",.1f"),
             num(r.med("p99_us"), ",.1f"),
             ratio,
+            r.spread(),
             r.cpu(),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -912,7 +922,8 @@ def report(results: list[Result], meta: dict[str, Any], anomalies: list[str]) ->
         "values are medians over "
         f"{max(len(r.rounds) for r in results)} round(s). Ratios: throughput vs raw TCP 1 KiB writes (MB/s), "
         "round trips vs raw TCP parallel ping-pong (median). CPU s/r/r = cores busy in the sender and "
-        "each receiver process (all threads) during the measurement."
+        "each receiver process (all threads) during the measurement; spread = half the range over the rounds "
+        "(of the median µs, or of delivered msgs/s), relative to the median."
     )
     m = meta["machine"]
     print(
@@ -968,7 +979,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="smoke run (~30 s): 1 round, shorter cases")
     p.add_argument("--json", metavar="FILE", help="also save the results as JSON")
-    p.add_argument("--rounds", type=int, help="rounds of every case (default 3, quick 1); medians are shown")
+    p.add_argument("--rounds", type=int, help="rounds of every case (default 5, quick 1); medians are shown")
     p.add_argument("--only", metavar="TEXT", help="run only the cases whose name contains TEXT")
     p.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -668,9 +668,8 @@ def test_garbage_on_the_receiver_port_is_counted_and_ignored(
             FRAME_START + struct.pack(">i", 0x7FFFFFFF) + os.urandom(64),
             {"rejected_oversized": 1},
         ),
-        # A frame cut short by the end of the connection is dropped without being counted (nothing
-        # in it is known to be wrong); Tomcat does the same.
-        ("truncated frame", FRAME_START + struct.pack(">i", 100) + b"x" * 10, None),
+        # A frame cut short by the end of the connection is dropped and counted.
+        ("truncated frame", FRAME_START + struct.pack(">i", 100) + b"x" * 10, {"rejected_frames": 1}),
         ("undecodable channel data", frame(b"\x00" * 5), {"rejected_channel_data": 1}),
         (
             "channel data, sender not a member packet",
