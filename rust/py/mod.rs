@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -18,9 +18,7 @@ use crate::config::CoreConfig;
 use crate::error::Error;
 use crate::events::{self, Event, LogRecord};
 use crate::member::{Member, MemberKey};
-use crate::wire::options::{
-    parse_send_options, send_options_to_string, ASYNCHRONOUS, SYNCHRONIZED_ACK, USE_ACK,
-};
+use crate::wire::options::{parse_send_options, send_options_to_string};
 
 pyo3::import_exception!(tribes.errors, ConfigError);
 pyo3::import_exception!(tribes.errors, ChannelError);
@@ -170,13 +168,15 @@ pub struct CoreChannel {
 }
 
 fn options_from_py(options: &Bound<'_, PyAny>) -> PyResult<u32> {
-    if let Ok(n) = options.extract::<i64>() {
+    // Check the type first: a failed extract() builds an exception, which costs more than the send.
+    if let Ok(s) = options.cast::<PyString>() {
+        return parse_send_options(s.to_str()?)
+            .map_err(|e| ConfigError::new_err(format!("send_options: {e}")));
+    }
+    if let Ok(n) = options.cast::<PyInt>() {
+        let n: i64 = n.extract()?;
         return u32::try_from(n)
             .map_err(|_| ConfigError::new_err(format!("send_options: {n} is out of range")));
-    }
-    if let Ok(s) = options.extract::<String>() {
-        return parse_send_options(&s)
-            .map_err(|e| ConfigError::new_err(format!("send_options: {e}")));
     }
     Err(PyTypeError::new_err("send options must be an int or a str"))
 }
@@ -292,14 +292,9 @@ impl CoreChannel {
             None => self.inner.config().send_options,
         };
         let keys: Option<Vec<MemberKey>> = to.map(|v| v.iter().map(|m| m.inner.key()).collect());
-        let blocks = bits & (USE_ACK | SYNCHRONIZED_ACK) != 0 || bits & ASYNCHRONOUS == 0;
-        let result = if blocks {
-            py.detach(|| self.inner.send(&data, keys.as_deref(), bits))
-        } else {
-            // Async sends only append to a buffer: cheaper with the GIL held.
-            self.inner.send(&data, keys.as_deref(), bits)
-        };
-        result.map_err(|e| to_pyerr(py, e))
+        // Even an async send may wait for room in a full queue: never hold the GIL meanwhile.
+        py.detach(|| self.inner.send(&data, keys.as_deref(), bits))
+            .map_err(|e| to_pyerr(py, e))
     }
 
     /// Turns delivery of messages to Python on (when a listener exists) or off.

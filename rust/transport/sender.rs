@@ -36,7 +36,16 @@ pub enum SendMode {
 }
 
 /// How long a waiting sender polls for its acks before it sleeps.
-const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(250);
+fn spin_before_sleep() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("TRIBES_ACK_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500);
+        Duration::from_micros(us)
+    })
+}
 
 /// Completion state of one multi-target send.
 #[derive(Debug)]
@@ -90,7 +99,7 @@ impl SendTracker {
     pub fn wait(&self, deadline: Instant) -> Vec<Faulty> {
         // Loopback acks often come back within tens of microseconds: poll briefly (yielding the
         // CPU) before sleeping, which saves a futex wake-up on the latency-critical path.
-        let spin_until = Instant::now() + SPIN_BEFORE_SLEEP;
+        let spin_until = Instant::now() + spin_before_sleep();
         while self.state.lock().remaining > 0 && Instant::now() < spin_until {
             std::thread::yield_now();
         }
