@@ -30,6 +30,61 @@ pub struct CoreConfig {
     pub sender: SenderConfig,
     /// The interceptor stack, first = closest to the application.
     pub interceptors: Vec<InterceptorConfig>,
+    /// Shared-secret security (absent or no secrets: off).
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// Shared-secret encryption and authentication.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Secrets: the first sends, all are accepted. Empty = no encryption.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Accepted clock difference for timestamps, ms.
+    #[serde(default = "default_replay_window_ms")]
+    pub replay_window_ms: u64,
+    /// Nonces remembered per sender.
+    #[serde(default = "default_replay_cache")]
+    pub replay_cache: usize,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            secrets: Vec::new(),
+            replay_window_ms: default_replay_window_ms(),
+            replay_cache: default_replay_cache(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SecurityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets are never printed.
+        f.debug_struct("SecurityConfig")
+            .field("secrets", &format_args!("<{} hidden>", self.secrets.len()))
+            .field("replay_window_ms", &self.replay_window_ms)
+            .field("replay_cache", &self.replay_cache)
+            .finish()
+    }
+}
+
+fn default_replay_window_ms() -> u64 {
+    10_000
+}
+
+fn default_replay_cache() -> usize {
+    16_384
+}
+
+fn default_max_members() -> usize {
+    1024
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    60_000
 }
 
 /// Multicast or static membership.
@@ -56,6 +111,9 @@ pub struct MembershipConfig {
     pub local_loopback_disabled: bool,
     /// Static peers; when non-empty, no multicast is used.
     pub static_members: Vec<StaticMemberConfig>,
+    /// Most members kept; more are ignored and counted.
+    #[serde(default = "default_max_members")]
+    pub max_members: usize,
 }
 
 /// One static peer.
@@ -86,6 +144,9 @@ pub struct ReceiverConfig {
     pub max_frame: usize,
     /// Cap on concurrent inbound connections.
     pub max_connections: usize,
+    /// Inbound connections silent this long are closed (senders ping idle connections).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
 }
 
 /// The sender pool.
@@ -210,13 +271,24 @@ impl CoreConfig {
         if self.event_queue_size == 0 {
             return bad("event_queue_size", "must be at least 1".into());
         }
-        if !self.insecure {
+        for (i, secret) in self.security.secrets.iter().enumerate() {
+            if secret.len() < 16 {
+                return bad(
+                    &format!("security.secrets[{i}]"),
+                    "must be at least 16 bytes".into(),
+                );
+            }
+        }
+        if self.receiver.idle_timeout_ms < 1000 {
+            return bad("receiver.idle_timeout_ms", "must be at least 1000".into());
+        }
+        if !self.insecure && self.security.secrets.is_empty() {
             if !is_loopback(&self.receiver.address) {
                 return bad(
                     "receiver.address",
                     format!(
-                        "{} is not a loopback address; cluster traffic is not encrypted yet, \
-                         so set insecure = true to allow it",
+                        "{} is not a loopback address: set a cluster secret (traffic is then \
+                         encrypted), or insecure = true for a trusted network",
                         self.receiver.address
                     ),
                 );
@@ -225,7 +297,7 @@ impl CoreConfig {
                 return bad(
                     "membership.bind",
                     format!(
-                        "{} is not a loopback address; set insecure = true to allow it",
+                        "{} is not a loopback address: set a cluster secret, or insecure = true",
                         m.bind
                     ),
                 );

@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod member;
 pub mod membership;
+pub mod security;
 pub mod stats;
 pub mod transport;
 pub mod wire;

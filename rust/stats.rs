@@ -52,6 +52,16 @@ counters! {
     rejected_membership_packets,
     /// Messages dropped by an interceptor (bad trailer, wrong domain, expired fragments, ...).
     rejected_by_interceptors,
+    /// Messages that failed decryption or authentication (wrong key, tampered, not encrypted).
+    rejected_auth,
+    /// Messages refused as replays (seen nonce, or timestamp outside the window).
+    rejected_replay,
+    /// Membership packets without a valid authentication tag (or outside the replay window).
+    rejected_membership_auth,
+    /// New members ignored because `max_members` was reached.
+    rejected_members_over_limit,
+    /// Inbound connections closed after `idle_timeout_ms` of silence.
+    connections_idle_closed,
     /// Heartbeats sent.
     heartbeats_sent,
     /// Heartbeats received from others.

@@ -15,7 +15,12 @@ use std::time::{Duration, Instant};
 use crate::config::{CoreConfig, InterceptorConfig};
 use crate::error::{Error, Result};
 use crate::member::{Member, MemberKey};
+use crate::security::envelope;
+use crate::security::replay::ReplayGuard;
+use crate::security::tomcat::TomcatCipher;
+use crate::security::KeyRing;
 use crate::stats::{self, Stats};
+use crate::transport::probe::now_ms;
 use crate::wire::options::{COMPRESSED_GZIP, COMPRESSED_LZ4};
 
 const LOG: &str = "tribes::channel::interceptors";
@@ -79,6 +84,15 @@ pub struct Stack {
     pub domain: Option<Vec<u8>>,
 }
 
+/// What stages need to know about the channel they run in.
+#[derive(Debug, Clone)]
+pub struct StackContext {
+    /// The local member (the sender identity bound into encrypted messages).
+    pub local: MemberKey,
+    /// The channel's counters.
+    pub stats: Arc<Stats>,
+}
+
 /// Options of the failure detector.
 #[derive(Debug, Clone, Copy)]
 pub struct FailureDetectorSettings {
@@ -89,8 +103,9 @@ pub struct FailureDetectorSettings {
 }
 
 impl Stack {
-    /// Builds the stack from the configuration; unknown names are config errors.
-    pub fn build(cfg: &CoreConfig) -> Result<Self> {
+    /// Builds the stack from the configuration; unknown names are config errors. With secrets, the
+    /// encryption stage is added last (closest to the network), below every configured stage.
+    pub fn build(cfg: &CoreConfig, ctx: &StackContext) -> Result<Self> {
         let mut stack = Stack {
             stages: Vec::new(),
             dispatch_async: false,
@@ -120,6 +135,7 @@ impl Stack {
                 "fragmentation" => stack.stages.push(Box::new(Fragmentation::new(ic, cfg.receiver.max_frame)?)),
                 "compression" => stack.stages.push(Box::new(Compression::new(ic, cfg.receiver.max_frame)?)),
                 "throughput" => stack.stages.push(Box::new(Throughput::new(ic)?)),
+                "tomcat_encrypt" => stack.stages.push(Box::new(TomcatEncrypt::new(ic, ctx.stats.clone())?)),
                 "domain_filter" => {
                     let domain = ic
                         .bytes_opt("domain")?
@@ -130,10 +146,20 @@ impl Stack {
                 other => {
                     return Err(Error::Config(format!(
                         "interceptors: unknown interceptor {other:?} (known: dispatch, failure_detector, \
-                         order, fragmentation, compression, throughput, domain_filter)"
+                         order, fragmentation, compression, throughput, domain_filter, tomcat_encrypt)"
                     )))
                 }
             }
+        }
+        if let Some(ring) = KeyRing::new(&cfg.security.secrets) {
+            stack.stages.push(Box::new(Encrypt {
+                ring,
+                local: ctx.local.clone(),
+                window_ms: cfg.security.replay_window_ms,
+                cache: cfg.security.replay_cache,
+                guards: Mutex::new(HashMap::new()),
+                stats: ctx.stats.clone(),
+            }));
         }
         Ok(stack)
     }
@@ -673,5 +699,131 @@ impl Interceptor for DomainFilter {
         } else {
             Err(format!("{} is in another domain", msg.sender))
         }
+    }
+}
+
+// ---- encryption (tribes envelope) --------------------------------------------------------------
+
+/// Encrypts and authenticates every message with the cluster secret (AES-256-GCM); refuses
+/// messages that fail, that are replays, or whose timestamps are outside the window.
+struct Encrypt {
+    ring: KeyRing,
+    local: MemberKey,
+    window_ms: u64,
+    cache: usize,
+    /// One replay memory per sender: a sender's timestamps only grow, so the eviction rule never
+    /// refuses a genuine message of another, slower member.
+    guards: Mutex<HashMap<MemberKey, ReplayGuard>>,
+    stats: Arc<Stats>,
+}
+
+impl Interceptor for Encrypt {
+    fn name(&self) -> &'static str {
+        "encrypt"
+    }
+
+    fn outbound(&self, mut msg: OutMessage, out: &mut Vec<OutMessage>) -> Result<()> {
+        let aad = envelope::aad(
+            msg.options,
+            &msg.unique_id,
+            &self.local.host,
+            self.local.port,
+            &self.local.unique_id,
+        );
+        msg.payload = envelope::seal(&self.ring, now_ms(), &aad, &msg.payload);
+        out.push(msg);
+        Ok(())
+    }
+
+    fn inbound(
+        &self,
+        mut msg: InMessage,
+        out: &mut Vec<InMessage>,
+    ) -> std::result::Result<(), String> {
+        let p = &msg.sender.packet;
+        let aad = envelope::aad(msg.options, &msg.unique_id, &p.host, p.port, &p.unique_id);
+        let opened = match envelope::open(&self.ring, &aad, &msg.payload) {
+            Ok(o) => o,
+            Err(e) => {
+                stats::inc(&self.stats.rejected_auth);
+                return Err(format!("from {}: {e}", msg.sender));
+            }
+        };
+        let mut guards = self.guards.lock();
+        if !guards.contains_key(&msg.sender.key()) && guards.len() >= 4096 {
+            // Bounded: only authenticated senders get here, but keep memory bounded regardless.
+            guards.clear();
+        }
+        let guard = guards
+            .entry(msg.sender.key())
+            .or_insert_with(|| ReplayGuard::new(self.window_ms, self.cache));
+        if let Err(e) = guard.check(&opened.nonce, opened.timestamp_ms, now_ms()) {
+            stats::inc(&self.stats.rejected_replay);
+            return Err(format!("from {}: {e}", msg.sender));
+        }
+        drop(guards);
+        msg.payload = opened.payload;
+        out.push(msg);
+        Ok(())
+    }
+
+    fn member_gone(&self, member: &Member) {
+        self.guards.lock().remove(&member.key());
+    }
+}
+
+// ---- Tomcat's EncryptInterceptor ---------------------------------------------------------------
+
+/// Tomcat's EncryptInterceptor (AES/GCM/NoPadding with a hex key), to talk to Tomcat channels
+/// that use it. Membership is not protected in this mode (Tomcat does not protect it either).
+struct TomcatEncrypt {
+    cipher: TomcatCipher,
+    guard: Mutex<ReplayGuard>,
+    stats: Arc<Stats>,
+}
+
+impl TomcatEncrypt {
+    fn new(ic: &InterceptorConfig, stats: Arc<Stats>) -> Result<Self> {
+        let key = ic.str_opt("key", "")?;
+        let cipher = TomcatCipher::from_hex(&key).ok_or_else(|| {
+            Error::Config("interceptors.tomcat_encrypt.key: must be 32, 48 or 64 hex digits".into())
+        })?;
+        let window = ic.u64_opt("replay_window_ms", 10_000)?;
+        let count = usize::try_from(ic.u64_opt("replay_window_count", 8192)?).unwrap_or(usize::MAX);
+        Ok(TomcatEncrypt {
+            cipher,
+            guard: Mutex::new(ReplayGuard::new(window, count)),
+            stats,
+        })
+    }
+}
+
+impl Interceptor for TomcatEncrypt {
+    fn name(&self) -> &'static str {
+        "tomcat_encrypt"
+    }
+
+    fn outbound(&self, mut msg: OutMessage, out: &mut Vec<OutMessage>) -> Result<()> {
+        msg.payload = self.cipher.seal(now_ms(), &msg.payload);
+        out.push(msg);
+        Ok(())
+    }
+
+    fn inbound(
+        &self,
+        mut msg: InMessage,
+        out: &mut Vec<InMessage>,
+    ) -> std::result::Result<(), String> {
+        let (iv, ts, payload) = self.cipher.open(&msg.payload).map_err(|e| {
+            stats::inc(&self.stats.rejected_auth);
+            format!("from {}: {e}", msg.sender)
+        })?;
+        if let Err(e) = self.guard.lock().check(&iv, ts, now_ms()) {
+            stats::inc(&self.stats.rejected_replay);
+            return Err(format!("from {}: {e}", msg.sender));
+        }
+        msg.payload = payload;
+        out.push(msg);
+        Ok(())
     }
 }

@@ -22,6 +22,7 @@ use crate::events::{event_queue, Event, EventQueue, EventReceiver};
 use crate::member::{ip_bytes, new_unique_id, Member, MemberKey};
 use crate::membership::mcast::{self, LocalHeartbeat};
 use crate::membership::{static_members, Heard};
+use crate::security::KeyRing;
 use crate::stats::{self, Stats};
 use crate::transport::probe::now_ms;
 use crate::transport::receiver::{self, Inbound, InboundMessage, ReceiverLimits};
@@ -30,7 +31,7 @@ use crate::wire::channel_data::encode_framed_channel_data;
 use crate::wire::member::MemberPacket;
 use crate::wire::options::{ASYNCHRONOUS, BYTE_MESSAGE, SYNCHRONIZED_ACK, USE_ACK};
 use crate::wire::TCP_FAIL_DETECT;
-use interceptors::{InMessage, OutMessage, Stack};
+use interceptors::{InMessage, OutMessage, Stack, StackContext};
 
 /// State shared by the channel's tasks.
 pub(crate) struct Shared {
@@ -149,7 +150,17 @@ impl Channel {
     pub fn new(cfg: CoreConfig) -> Result<Self> {
         cfg.validate()?;
         // Fail early on a bad interceptor list.
-        Stack::build(&cfg)?;
+        Stack::build(
+            &cfg,
+            &StackContext {
+                local: MemberKey {
+                    host: vec![127, 0, 0, 1],
+                    port: 0,
+                    unique_id: [0; 16],
+                },
+                stats: Arc::new(Stats::default()),
+            },
+        )?;
         Ok(Channel {
             cfg,
             stats: Arc::new(Stats::default()),
@@ -215,11 +226,22 @@ impl Channel {
             payload: cfg.membership.payload.clone(),
         };
         let local_member = Member::from_packet(packet.clone());
-        let local = Arc::new(LocalHeartbeat { packet, started });
+        let local = Arc::new(LocalHeartbeat {
+            packet,
+            started,
+            ring: KeyRing::new(&cfg.security.secrets),
+        });
 
         let (events, events_rx) = event_queue(cfg.event_queue_size);
         let (notice_tx, notice_rx) = mpsc::unbounded_channel();
-        let stack = Stack::build(cfg)?;
+        let stack = Stack::build(
+            cfg,
+            &StackContext {
+                local: local_member.key(),
+                stats: self.stats.clone(),
+            },
+        )?;
+        let ring = KeyRing::new(&cfg.security.secrets).map(Arc::new);
         let pool = SenderPool::new(
             PoolSettings {
                 connect_timeout: Duration::from_millis(cfg.sender.connect_timeout_ms.max(1)),
@@ -227,6 +249,7 @@ impl Channel {
                 keepalive: cfg.sender.keepalive,
                 max_queue_bytes: stack.max_queue_bytes,
                 queue_wait: Duration::from_millis(cfg.sender.timeout_ms.max(1)),
+                local_address: local_member.encoded.clone(),
             },
             runtime.handle().clone(),
             notice_tx,
@@ -257,6 +280,7 @@ impl Channel {
             ReceiverLimits {
                 max_frame: cfg.receiver.max_frame,
                 max_connections: cfg.receiver.max_connections,
+                idle_timeout: Duration::from_millis(cfg.receiver.idle_timeout_ms),
             },
             shutdown_rx.clone(),
         ));
@@ -273,6 +297,8 @@ impl Channel {
             runtime.spawn(mcast::run_receiver(
                 sock.clone(),
                 local_member.key(),
+                ring.clone(),
+                cfg.security.replay_window_ms,
                 heard_tx.clone(),
                 self.stats.clone(),
                 shutdown_rx.clone(),

@@ -22,6 +22,8 @@ use crate::transport::probe::probe;
 use crate::transport::sender::PoolNotice;
 
 const LOG: &str = "tribes::membership";
+/// Probes of new members in flight at once.
+const MAX_CONCURRENT_PROBES: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
@@ -101,6 +103,23 @@ impl ViewTask {
                     }
                 }
                 let key = member.key();
+                if !self.table.contains(&key)
+                    && self.table.len() >= self.shared.cfg.membership.max_members
+                {
+                    // A flood of made-up members must not grow memory or probes without bound.
+                    let n = self
+                        .shared
+                        .stats
+                        .rejected_members_over_limit
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        + 1;
+                    if n.is_power_of_two() {
+                        log::warn!(target: LOG,
+                            "ignoring {member}: max_members ({}) reached ({n} ignored so far)",
+                            self.shared.cfg.membership.max_members);
+                    }
+                    return;
+                }
                 let outcome = self.table.heard(&member, now);
                 self.suspects.remove(&key);
                 if self.in_view(&key) {
@@ -230,6 +249,10 @@ impl ViewTask {
         let Some(fd) = self.shared.stack.failure_detector else {
             return;
         };
+        if self.probing.len() >= MAX_CONCURRENT_PROBES && purpose == Purpose::Admit {
+            // Newcomers wait for a later heartbeat; verifications of known members go ahead.
+            return;
+        }
         let Some(addr) = member.socket_addr() else {
             let _ = self.probe_tx.send(ProbeResult {
                 member,

@@ -14,7 +14,9 @@ use super::Heard;
 use crate::config::MembershipConfig;
 use crate::error::{Error, Result};
 use crate::member::{Member, MemberKey};
+use crate::security::{member_auth, KeyRing};
 use crate::stats::{self, Stats};
+use crate::transport::probe::now_ms;
 use crate::wire::member::{is_member_packet, MemberPacket, SHUTDOWN_COMMAND};
 
 const LOG: &str = "tribes::membership::mcast";
@@ -76,6 +78,8 @@ pub struct LocalHeartbeat {
     pub packet: MemberPacket,
     /// When the service started.
     pub started: std::time::Instant,
+    /// With a secret: packets carry an authentication tag.
+    pub ring: Option<KeyRing>,
 }
 
 impl LocalHeartbeat {
@@ -85,6 +89,9 @@ impl LocalHeartbeat {
         p.alive_ms = self.started.elapsed().as_millis() as i64;
         if shutdown {
             p.command = SHUTDOWN_COMMAND.to_vec();
+        }
+        if let Some(ring) = &self.ring {
+            return member_auth::sign(ring, &p, now_ms());
         }
         let mut out = Vec::with_capacity(p.encoded_len());
         p.encode(&mut out);
@@ -132,9 +139,12 @@ pub async fn send_shutdown(socket: &UdpSocket, group: SocketAddr, local: &LocalH
 }
 
 /// Reads heartbeats until shutdown and reports them; bad datagrams are counted and ignored.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_receiver(
     socket: Arc<UdpSocket>,
     local: MemberKey,
+    ring: Option<Arc<KeyRing>>,
+    replay_window_ms: u64,
     tx: mpsc::UnboundedSender<Heard>,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
@@ -158,12 +168,29 @@ pub async fn run_receiver(
             reject(&stats, from, "not a member packet");
             continue;
         }
-        let member = match Member::decode(data) {
-            Ok(m) => m,
-            Err(e) => {
-                reject(&stats, from, &e.to_string());
-                continue;
-            }
+        let member = match &ring {
+            None => match Member::decode(data) {
+                Ok(m) => m,
+                Err(e) => {
+                    reject(&stats, from, &e.to_string());
+                    continue;
+                }
+            },
+            Some(ring) => match member_auth::verify(ring, data) {
+                Ok((packet, ts))
+                    if ts.saturating_sub(now_ms()).unsigned_abs() <= replay_window_ms =>
+                {
+                    Member::from_packet(packet)
+                }
+                Ok(_) => {
+                    reject_auth(&stats, from, "timestamp outside the replay window");
+                    continue;
+                }
+                Err(e) => {
+                    reject_auth(&stats, from, &e.to_string());
+                    continue;
+                }
+            },
         };
         if member.has_key(&local) {
             continue;
@@ -189,6 +216,17 @@ fn reject(stats: &Stats, from: SocketAddr, why: &str) {
     // Rate-limited: the 1st, 2nd, 4th, 8th ... rejection is logged.
     if n.is_power_of_two() {
         log::warn!(target: LOG, "ignored a datagram from {from}: {why} ({n} rejected so far)");
+    }
+}
+
+fn reject_auth(stats: &Stats, from: SocketAddr, why: &str) {
+    let n = stats
+        .rejected_membership_auth
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
+    if n.is_power_of_two() {
+        log::warn!(target: LOG,
+            "ignored an unauthenticated membership packet from {from}: {why} ({n} so far)");
     }
 }
 

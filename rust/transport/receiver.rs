@@ -84,6 +84,8 @@ pub struct ReceiverLimits {
     pub max_frame: usize,
     /// Concurrent inbound connections.
     pub max_connections: usize,
+    /// A connection silent this long is closed.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// Accepts connections until shutdown.
@@ -147,12 +149,28 @@ async fn serve_connection(
     let mut acks: Vec<u8> = Vec::new();
     let mut sender_cache: Option<Arc<Member>> = None;
     let mut produced: Vec<Event> = Vec::new();
+    // When the frame now being received began: a frame dribbled in slower than the idle timeout
+    // (slow loris) closes the connection too.
+    let mut partial_since: Option<std::time::Instant> = None;
     loop {
+        if partial_since.is_some_and(|t| t.elapsed() > limits.idle_timeout) {
+            stats::inc(&stats.connections_idle_closed);
+            log::debug!(target: LOG, "closing the connection from {peer}: a frame took longer than {:?}", limits.idle_timeout);
+            return;
+        }
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
         }
         let read = tokio::select! {
-            r = stream.read_buf(&mut buf) => r,
+            r = tokio::time::timeout(limits.idle_timeout, stream.read_buf(&mut buf)) => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    // Idle (or a slow-loris sender): free the slot. Live senders ping well within it.
+                    stats::inc(&stats.connections_idle_closed);
+                    log::debug!(target: LOG, "closing the connection from {peer}: idle for {:?}", limits.idle_timeout);
+                    return;
+                }
+            },
             _ = shutdown.changed() => return,
         };
         match read {
@@ -231,6 +249,11 @@ async fn serve_connection(
             }
         }
         buf.drain(..start);
+        partial_since = match (buf.is_empty(), partial_since, start > 0) {
+            (true, _, _) => None,
+            (false, Some(t), false) => Some(t),
+            (false, _, _) => Some(std::time::Instant::now()),
+        };
         if !acks.is_empty() {
             if stream.write_all(&acks).await.is_err() {
                 return;

@@ -21,8 +21,12 @@ use crate::error::Faulty;
 use crate::events::{Event, EventQueue};
 use crate::member::{Member, MemberKey};
 use crate::stats::{self, Stats};
+use crate::transport::probe::now_ms;
 use crate::wire::ack::{ack_kind, AckKind};
+use crate::wire::channel_data::encode_framed_channel_data;
 use crate::wire::frame::{check_frame, FrameCheck};
+use crate::wire::options::BYTE_MESSAGE;
+use crate::wire::TCP_FAIL_DETECT;
 
 /// How a send completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +182,13 @@ pub struct PoolSettings {
     pub max_queue_bytes: usize,
     /// How long an async send may wait for room.
     pub queue_wait: Duration,
+    /// The local member packet (the address field of keepalive pings).
+    pub local_address: Arc<[u8]>,
 }
+
+/// An idle connection gets a ping this often, so that receivers' idle timeouts (60 s by default)
+/// only close connections that are really dead.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
 
 /// All connections of a channel.
 pub struct SenderPool {
@@ -457,7 +467,12 @@ impl SenderPool {
                 }
             };
             if idle {
-                conn.wake.notified().await;
+                if tokio::time::timeout(PING_INTERVAL, conn.wake.notified())
+                    .await
+                    .is_err()
+                {
+                    self.queue_ping(conn);
+                }
                 continue;
             }
             let n = buf.len() as u64;
@@ -473,6 +488,28 @@ impl SenderPool {
             }
             conn.complete_writes();
         }
+    }
+}
+
+impl SenderPool {
+    /// Queues a keepalive ping (the failure detector's magic message, no ack; receivers swallow it).
+    fn queue_ping(&self, conn: &Connection) {
+        let mut st = conn.state.lock();
+        if st.closed || st.writing || !st.out.is_empty() {
+            return;
+        }
+        let id: [u8; 16] = rand::random();
+        let mut frame = Vec::with_capacity(128 + self.settings.local_address.len());
+        encode_framed_channel_data(
+            BYTE_MESSAGE,
+            now_ms(),
+            &id,
+            &self.settings.local_address,
+            &TCP_FAIL_DETECT,
+            &mut frame,
+        );
+        st.enqueued += frame.len() as u64;
+        st.out = frame;
     }
 }
 
