@@ -194,29 +194,56 @@ def test_three_members_see_each_other(mcast_port: int, member_process: Factory, 
     assert observer.cluster.stats()["members_added"] == 3
 
 
-def test_stopped_member_disappears_at_once(
-    mcast_port: int, member_process: Factory, local_node: Factory
-) -> None:
+def _watched_member(
+    mcast_port: int, member_process: Factory, local_node: Factory, name: str
+) -> tuple[Any, Any, Any, Any, Any]:
+    """An observer LocalNode and member processes ``a``, ``b`` and ``name``, once a, b and the observer
+    all see ``name``: returns (observer, a, b, that process, its Member in the observer's view)."""
     observer = local_node(mcast_port)
-    a, b, leaving = (member_process(mcast_port, name=n) for n in ("a", "b", "leaving"))
+    a, b, watched = (member_process(mcast_port, name=n) for n in ("a", "b", name))
     for p in (a, b):
-        p.wait_added(leaving)
-    leaving_member = observer.wait_sees(leaving)
-    marks = {p: p.mark() for p in (a, b)}
+        p.wait_added(watched)
+    return observer, a, b, watched, observer.wait_sees(watched)
+
+
+def _assert_gone_within(
+    limit: float,
+    trigger: Callable[[], object],
+    observer: Any,
+    watchers: tuple[Any, ...],
+    leaving: Any,
+    leaving_member: Any,
+) -> Any:
+    """Call ``trigger`` (it makes member process ``leaving`` go); every watcher must print GONE for it
+    and ``observer`` must get the "gone" event for ``leaving_member`` within ``limit`` s of that.
+    Returns the Member of the observer's event."""
+    marks = {p: p.mark() for p in watchers}
     since = observer.recorder.mark()
 
     t0 = time.monotonic()
-    leaving.command("QUIT")
-    deadline = t0 + STOP_GONE_S
-    for p in (a, b):
+    trigger()
+    deadline = t0 + limit
+    for p in watchers:
         ts, _ = p.wait_line_timed(
             "GONE", _is(leaving), timeout=max(0.0, deadline - time.monotonic()), since=marks[p]
         )
-        assert ts - t0 <= STOP_GONE_S
+        assert ts - t0 <= limit
     ts, member, _ = observer.recorder.wait(
         "gone", lambda m, _d: m == leaving_member, timeout=max(0.0, deadline - time.monotonic()), since=since
     )
-    assert ts - t0 <= STOP_GONE_S
+    assert ts - t0 <= limit
+    return member
+
+
+def test_stopped_member_disappears_at_once(
+    mcast_port: int, member_process: Factory, local_node: Factory
+) -> None:
+    observer, a, b, leaving, leaving_member = _watched_member(
+        mcast_port, member_process, local_node, "leaving"
+    )
+    member = _assert_gone_within(
+        STOP_GONE_S, lambda: leaving.command("QUIT"), observer, (a, b), leaving, leaving_member
+    )
     assert member == leaving_member
     assert observer.sees(leaving) is None
     assert leaving.proc.wait(timeout=10) == 0
@@ -228,26 +255,10 @@ def test_stopped_member_disappears_at_once(
 def test_killed_member_reported_gone_within_a_second(
     mcast_port: int, member_process: Factory, local_node: Factory
 ) -> None:
-    observer = local_node(mcast_port)
-    a, b, victim = (member_process(mcast_port, name=n) for n in ("a", "b", "victim"))
-    for p in (a, b):
-        p.wait_added(victim)
-    victim_member = observer.wait_sees(victim)
-    marks = {p: p.mark() for p in (a, b)}
-    since = observer.recorder.mark()
-
-    t0 = time.monotonic()
-    os.kill(victim.pid, signal.SIGKILL)
-    deadline = t0 + KILL_GONE_S
-    for p in (a, b):
-        ts, _ = p.wait_line_timed(
-            "GONE", _is(victim), timeout=max(0.0, deadline - time.monotonic()), since=marks[p]
-        )
-        assert ts - t0 <= KILL_GONE_S
-    ts, _, _ = observer.recorder.wait(
-        "gone", lambda m, _d: m == victim_member, timeout=max(0.0, deadline - time.monotonic()), since=since
+    observer, a, b, victim, victim_member = _watched_member(mcast_port, member_process, local_node, "victim")
+    _assert_gone_within(
+        KILL_GONE_S, lambda: os.kill(victim.pid, signal.SIGKILL), observer, (a, b), victim, victim_member
     )
-    assert ts - t0 <= KILL_GONE_S
     assert victim.proc.wait(timeout=10) == -signal.SIGKILL
     assert observer.cluster.stats()["members_disappeared"] == 1
 

@@ -44,6 +44,20 @@ HOWTO_UNSUPPORTED = (
 
 TI = "org.apache.catalina.tribes.group.interceptors."
 
+SECRET = "s3cret-0f-the-shop-cluster"  # every test checks that this text never leaks
+OLD_SECRET = "previous-shop-secret-value"
+KEY = "00112233445566778899aabbccddeeff"  # a tomcat_encrypt key (AES-128)
+FULL_SECRET = "shop-secret-2025-rotation-b"  # tests/data/cluster-full.toml
+FULL_OLD_SECRET = "shop-secret-2024-rotation-a"
+FULL_KEY = "00112233445566778899AABBCCDDEEFF0011223344556677"
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests control TRIBES_SECRET and TRIBES_SECONDARY_SECRETS themselves."""
+    monkeypatch.delenv("TRIBES_SECRET", raising=False)
+    monkeypatch.delenv("TRIBES_SECONDARY_SECRETS", raising=False)
+
 
 def config_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
@@ -107,6 +121,21 @@ def test_defaults_are_tomcats() -> None:
     assert cfg.insecure is False
     assert (cfg.name, cfg.worker_threads, cfg.event_queue_size) == ("tribes", 2, 65536)
     assert cfg.unsupported == ()
+
+
+def test_security_defaults() -> None:
+    cfg = ClusterConfig()
+    assert cfg.secret is None and cfg.secondary_secrets == ()
+    assert (cfg.replay_window_ms, cfg.replay_cache) == (10_000, 16384)
+    assert cfg.membership.max_members == 1024
+    assert cfg.receiver.idle_timeout_ms == 60_000
+    assert cfg.effective_secrets() == ()
+    assert cfg.secured is False
+    assert dict(InterceptorConfig.of("tomcat_encrypt", key=KEY).options) == {
+        "key": KEY,
+        "replay_window_ms": 10_000,
+        "replay_window_count": 8192,
+    }
 
 
 def test_sections_have_the_same_defaults_standalone() -> None:
@@ -261,6 +290,40 @@ def test_unknown_section_field_names_it_and_suggests() -> None:
         ({"receiver": {"max_frame": 100}}, "receiver.max_frame"),
         ({"receiver": {"max_frame": 2 * 1024**3}}, "receiver.max_frame"),
         ({"receiver": {"max_connections": 0}}, "receiver.max_connections"),
+        ({"receiver": {"idle_timeout_ms": 19_999}}, "receiver.idle_timeout_ms"),
+        ({"receiver": {"idle_timeout_ms": 20_000.5}}, "receiver.idle_timeout_ms"),
+        ({"membership": {"max_members": 0}}, "membership.max_members"),
+        ({"membership": {"max_members": 65537}}, "membership.max_members"),
+        (
+            {"membership": {"max_members": 1, "static_members": ["h:4000", "h:4001"]}},
+            "membership.static_members",
+        ),
+        ({"secret": "fifteen bytes!!"}, "secret"),
+        ({"secret": ""}, "secret"),
+        ({"secret": b"sixteen bytes!!!"}, "secret"),
+        ({"secret": "\ud800 lone surrogate!!"}, "secret"),
+        ({"secondary_secrets": [OLD_SECRET]}, "secondary_secrets"),
+        ({"secret": SECRET, "secondary_secrets": OLD_SECRET}, "secondary_secrets"),
+        ({"secret": SECRET, "secondary_secrets": [OLD_SECRET, "short"]}, "secondary_secrets[1]"),
+        ({"secret": SECRET, "secondary_secrets": [SECRET]}, "secondary_secrets[0]"),
+        ({"secret": SECRET, "secondary_secrets": [OLD_SECRET, OLD_SECRET]}, "secondary_secrets[1]"),
+        ({"replay_window_ms": 0}, "replay_window_ms"),
+        ({"replay_window_ms": 3_600_001}, "replay_window_ms"),
+        ({"replay_cache": 1023}, "replay_cache"),
+        ({"replay_cache": 10_000_001}, "replay_cache"),
+        ({"interceptors": ["tomcat_encrypt"]}, "interceptors.tomcat_encrypt.key"),
+        ({"interceptors": [("tomcat_encrypt", {"key": KEY[:-2]})]}, "interceptors.tomcat_encrypt.key"),
+        ({"interceptors": [("tomcat_encrypt", {"key": KEY + "00"})]}, "interceptors.tomcat_encrypt.key"),
+        ({"interceptors": [("tomcat_encrypt", {"key": "zz" * 16})]}, "interceptors.tomcat_encrypt.key"),
+        ({"interceptors": [("tomcat_encrypt", {"key": 1234})]}, "interceptors.tomcat_encrypt.key"),
+        (
+            {"interceptors": [("tomcat_encrypt", {"key": KEY, "replay_window_count": 0})]},
+            "interceptors.tomcat_encrypt.replay_window_count",
+        ),
+        (
+            {"interceptors": [("tomcat_encrypt", {"key": KEY, "replay_window_ms": 0})]},
+            "interceptors.tomcat_encrypt.replay_window_ms",
+        ),
         ({"sender": {"timeout_ms": 0}}, "sender.timeout_ms"),
         ({"sender": {"connect_timeout_ms": 1.5}}, "sender.connect_timeout_ms"),
         ({"sender": {"max_retries": -1}}, "sender.max_retries"),
@@ -482,6 +545,10 @@ def expected_full_config() -> ClusterConfig:
         name="shop",
         send_options="use_ack,sync",
         insecure=True,
+        secret=FULL_SECRET,
+        secondary_secrets=(FULL_OLD_SECRET,),
+        replay_window_ms=5000,
+        replay_cache=4096,
         worker_threads=4,
         event_queue_size=1024,
         membership=MembershipConfig(
@@ -494,13 +561,19 @@ def expected_full_config() -> ClusterConfig:
             domain=b"\x01\x02\x03",
             payload=b"hello",
             local_loopback_disabled=True,
+            max_members=64,
             static_members=(
                 StaticMember("10.0.0.6", 4001, unique_id=bytes([*range(15), 255]), domain=b"shop"),
                 StaticMember("10.0.0.7", 4002, unique_id=bytes([*range(15), 255])),
             ),
         ),
         receiver=ReceiverConfig(
-            address="10.0.0.5", port=4100, auto_bind=10, max_frame=1 << 20, max_connections=64
+            address="10.0.0.5",
+            port=4100,
+            auto_bind=10,
+            max_frame=1 << 20,
+            max_connections=64,
+            idle_timeout_ms=30_000,
         ),
         sender=SenderConfig(timeout_ms=5000, connect_timeout_ms=500, max_retries=2, keepalive=False),
         interceptors=(
@@ -508,6 +581,9 @@ def expected_full_config() -> ClusterConfig:
             InterceptorConfig.of("fragmentation", max_size=65536),
             InterceptorConfig.of("compression", codec="lz4", min_size=256),
             InterceptorConfig("domain_filter"),
+            InterceptorConfig.of(
+                "tomcat_encrypt", key=FULL_KEY, replay_window_ms=20_000, replay_window_count=1000
+            ),
             InterceptorConfig("dispatch"),
             InterceptorConfig.of("failure_detector", remove_suspects_timeout_ms=60_000),
         ),
@@ -527,7 +603,7 @@ def test_full_toml_file_loads_every_key(tmp_path: Path) -> None:
 def test_toml_round_trip(tmp_path: Path) -> None:
     cfg = ClusterConfig.from_file(FULL_TOML)
     path = tmp_path / "dumped.toml"
-    path.write_text(cfg.to_toml())
+    path.write_text(cfg.to_toml(include_secrets=True))
     assert ClusterConfig.from_file(path) == cfg
     # also for values that need escaping or byte lists
     odd = ClusterConfig(
@@ -547,8 +623,37 @@ def test_toml_round_trip(tmp_path: Path) -> None:
 
 def test_dict_round_trip() -> None:
     cfg = expected_full_config()
-    assert ClusterConfig.from_dict(cfg.to_dict()) == cfg
+    assert ClusterConfig.from_dict(cfg.to_dict(include_secrets=True)) == cfg
     assert ClusterConfig.from_dict({}) == ClusterConfig()
+    plain = ClusterConfig.local(receiver={"idle_timeout_ms": 90_000}, replay_cache=2048)
+    assert ClusterConfig.from_dict(plain.to_dict()) == plain
+
+
+def test_toml_and_dict_leave_secrets_out_by_default(tmp_path: Path) -> None:
+    cfg = expected_full_config()
+    text = cfg.to_toml()
+    data = cfg.to_dict()
+    for secret in (FULL_SECRET, FULL_OLD_SECRET, FULL_KEY, FULL_KEY.lower()):
+        assert secret not in text
+        assert secret not in repr(data)
+    assert "secret" not in data and "secondary_secrets" not in data
+    assert "secret =" not in text and "secondary_secrets" not in text
+    encrypt = next(i for i in data["interceptors"] if i["name"] == "tomcat_encrypt")
+    assert encrypt == {"name": "tomcat_encrypt", "replay_window_ms": 20_000, "replay_window_count": 1000}
+    # without its secrets the document reads back once the key is given again; the secret then comes
+    # from the environment
+    parsed = tomllib.loads(text)
+    next(i for i in parsed["interceptors"] if i["name"] == "tomcat_encrypt")["key"] = FULL_KEY
+    back = ClusterConfig.from_dict(parsed)
+    assert back.secret is None and back.secondary_secrets == ()
+    assert back == dataclasses.replace(cfg, secret=None, secondary_secrets=())
+    # the rest is untouched
+    assert (back.replay_window_ms, back.replay_cache) == (5000, 4096)
+    # include_secrets writes them, readable by TOML
+    full = tomllib.loads(cfg.to_toml(include_secrets=True))
+    assert full["secret"] == FULL_SECRET
+    assert full["secondary_secrets"] == [FULL_OLD_SECRET]
+    assert cfg.to_dict(include_secrets=True)["secret"] == FULL_SECRET
 
 
 def test_toml_interceptor_names_list(tmp_path: Path) -> None:
@@ -573,6 +678,12 @@ def test_toml_interceptor_names_list(tmp_path: Path) -> None:
         ("[[interceptors]]\nname = 'bogus'\n", "interceptors"),
         ("[senders]\ntimeout_ms = 1\n", "senders"),
         ("unsupported = ['x']\n", "unsupported"),
+        ("secret = 'too short'\n", "secret"),
+        ("secret = 12345678901234567890\n", "secret"),
+        ("secondary_secrets = ['an-older-secret-value']\n", "secondary_secrets"),
+        ("[membership]\nmax_members = 0\n", "membership.max_members"),
+        ("[receiver]\nidle_timeout_ms = 15000\n", "receiver.idle_timeout_ms"),
+        ("[[interceptors]]\nname = 'tomcat_encrypt'\n", "interceptors.tomcat_encrypt.key"),
         ("[receiver]\nport = 70000\n", "receiver.port"),
     ],
 )
@@ -964,6 +1075,294 @@ def test_check_security_resolves_auto(hostname_resolves_to: Any, caplog: pytest.
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Shared secret: key ring, environment, secured clusters, never shown
+
+
+def assert_hidden(text: str, *secrets: str) -> None:
+    for secret in secrets:
+        assert secret not in text
+        assert secret.lower() not in text.lower()
+
+
+def test_secret_and_rotation_key_ring() -> None:
+    cfg = ClusterConfig.local(secret=SECRET)
+    assert cfg.effective_secrets() == (SECRET,)
+    assert cfg.secured is True
+    # rotation without downtime: every member first accepts the new secret, then sends with it
+    accepting = dataclasses.replace(cfg, secondary_secrets=(OLD_SECRET,))
+    assert accepting.effective_secrets() == (SECRET, OLD_SECRET)
+    rotated = ClusterConfig.local(secret=OLD_SECRET, secondary_secrets=[SECRET])
+    assert rotated.effective_secrets() == (OLD_SECRET, SECRET)  # the sending secret comes first
+    assert isinstance(rotated.secondary_secrets, tuple)
+    assert json.loads(rotated.to_core_json())["security"]["secrets"] == [OLD_SECRET, SECRET]
+    # three generations, non-ASCII allowed (the length counts UTF-8 bytes)
+    ring = ClusterConfig(secret="é" * 8, secondary_secrets=("ü" * 8, OLD_SECRET))
+    assert ring.effective_secrets() == ("é" * 8, "ü" * 8, OLD_SECRET)
+    # secrets take part in equality, not in repr
+    assert cfg != ClusterConfig.local(secret=OLD_SECRET)
+    assert repr(cfg) == repr(ClusterConfig.local(secret=OLD_SECRET))
+
+
+def test_secret_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = ClusterConfig.local()  # made before the variable is set: read when used
+    monkeypatch.setenv("TRIBES_SECRET", SECRET)
+    assert cfg.secret is None
+    assert cfg.effective_secrets() == (SECRET,)
+    assert cfg.secured is True
+    assert json.loads(cfg.to_core_json())["security"]["secrets"] == [SECRET]
+    monkeypatch.setenv("TRIBES_SECONDARY_SECRETS", f" {OLD_SECRET} , ,another-old-secret-value,")
+    assert cfg.effective_secrets() == (SECRET, OLD_SECRET, "another-old-secret-value")
+    # a configured secret wins over the environment, secondary ones included
+    configured = ClusterConfig.local(secret="configured-secret-value")
+    assert configured.effective_secrets() == ("configured-secret-value",)
+    # an empty TRIBES_SECRET counts as unset
+    monkeypatch.setenv("TRIBES_SECRET", "")
+    monkeypatch.delenv("TRIBES_SECONDARY_SECRETS")
+    assert cfg.effective_secrets() == () and not cfg.secured
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "match"),
+    [
+        ({"TRIBES_SECRET": "short-" + "x"}, "secret", "from TRIBES_SECRET: must be at least 16 bytes"),
+        (
+            {"TRIBES_SECONDARY_SECRETS": OLD_SECRET},
+            "secondary_secrets",
+            "from TRIBES_SECONDARY_SECRETS: .*need a sending secret",
+        ),
+        (
+            {"TRIBES_SECRET": SECRET, "TRIBES_SECONDARY_SECRETS": f"{OLD_SECRET},tiny"},
+            "secondary_secrets[1]",
+            "from TRIBES_SECONDARY_SECRETS: must be at least 16 bytes",
+        ),
+        (
+            {"TRIBES_SECRET": SECRET, "TRIBES_SECONDARY_SECRETS": SECRET},
+            "secondary_secrets[0]",
+            "duplicate secret",
+        ),
+    ],
+)
+def test_invalid_environment_secrets(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], field: str, match: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = ClusterConfig.local()  # constructing never reads the environment
+    for call in (cfg.effective_secrets, cfg.check_security, cfg.to_core_json):
+        with pytest.raises(ConfigError, match=match) as err:
+            call()
+        assert err.value.field == field
+        assert_hidden(str(err.value), SECRET, OLD_SECRET, "short-x")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"secret": SECRET[:15]},
+        {"secret": SECRET.encode()},
+        {"secondary_secrets": [SECRET]},
+        {"secondary_secrets": SECRET},
+        {"secret": OLD_SECRET, "secondary_secrets": [SECRET[:10]]},
+        {"secret": SECRET, "secondary_secrets": [SECRET]},
+        {"interceptors": [("tomcat_encrypt", {"key": KEY[:-1]})]},
+        {"interceptors": [("tomcat_encrypt", {"key": KEY[:-1] + "g"})]},
+        {"interceptors": [("tomcat_encrypt", {"key": KEY.encode()})]},
+    ],
+)
+def test_errors_never_show_a_secret(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as err:
+        ClusterConfig(**kwargs)
+    assert_hidden(str(err.value), SECRET, SECRET[:15], SECRET[:10], KEY[:-1])
+
+
+def test_repr_str_and_exports_never_show_secrets(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = ClusterConfig.local(
+        secret=SECRET,
+        secondary_secrets=[OLD_SECRET],
+        receiver={"address": "10.1.2.3"},
+        interceptors=["dispatch", ("tomcat_encrypt", {"key": KEY.upper()})],
+    )
+    encrypt = cfg.interceptor("tomcat_encrypt")
+    assert encrypt is not None and encrypt.options["key"] == KEY  # normalised, still there for the core
+    with caplog.at_level(logging.DEBUG, logger="tribes"):
+        cfg.check_security()
+        core = cfg.to_core_json()
+    shown = [repr(cfg), str(cfg), repr(encrypt), str(encrypt), repr(encrypt.options), str(encrypt.options)]
+    shown += [
+        f"{cfg}",
+        f"{cfg!r}",
+        cfg.to_toml(),
+        repr(cfg.to_dict()),
+        json.dumps(cfg.to_dict(), default=str),
+    ]
+    shown += [caplog.text, repr(cfg.interceptors)]
+    for text in shown:
+        assert_hidden(text, SECRET, OLD_SECRET, KEY)
+    assert "<hidden>" in repr(encrypt) and "replay_window_count" in repr(encrypt)
+    # the core gets them all
+    doc = json.loads(core)
+    assert doc["security"]["secrets"] == [SECRET, OLD_SECRET]
+    assert doc["interceptors"][1]["options"]["key"] == KEY
+
+
+def test_environment_secrets_are_not_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TRIBES_SECRET", SECRET)
+    monkeypatch.setenv("TRIBES_SECONDARY_SECRETS", OLD_SECRET)
+    cfg = ClusterConfig.local(receiver={"address": "10.1.2.3"}, insecure=True)
+    with caplog.at_level(logging.DEBUG, logger="tribes"):
+        cfg.check_security()
+        cfg.to_core_json()
+    assert_hidden(caplog.text + repr(cfg) + cfg.to_toml(), SECRET, OLD_SECRET)
+
+
+def test_secured_cluster_may_use_network_addresses(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    network: dict[str, Any] = {
+        "membership": {"bind": "192.168.1.5"},
+        "receiver": {"address": "192.168.1.5"},
+    }
+    static: dict[str, Any] = {"membership": {"static_members": ["10.0.0.9:4000"]}}
+    with caplog.at_level(logging.WARNING, logger="tribes.config"):
+        for sections in (network, static):
+            cfg = ClusterConfig.from_dict({**sections, "secret": SECRET})
+            assert cfg.insecure is False
+            cfg.check_security()
+            doc = json.loads(cfg.to_core_json())
+            assert doc["insecure"] is False and doc["security"]["secrets"] == [SECRET]
+            # insecure is unnecessary with a secret, but allowed, and silent
+            dataclasses.replace(cfg, insecure=True).check_security()
+        # a secret from the environment does the same
+        cfg = ClusterConfig.from_dict(network)
+        with pytest.raises(ConfigError):
+            cfg.check_security()
+        monkeypatch.setenv("TRIBES_SECRET", SECRET)
+        cfg.check_security()
+        assert json.loads(cfg.to_core_json())["receiver"]["address"] == "192.168.1.5"
+    assert config_warnings(caplog) == []
+
+
+def test_insecure_with_tomcat_encrypt_warns_about_membership(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = ClusterConfig.local(
+        receiver={"address": "10.1.2.3"},
+        insecure=True,
+        interceptors=[("tomcat_encrypt", {"key": KEY}), "failure_detector"],
+    )
+    with caplog.at_level(logging.WARNING, logger="tribes.config"):
+        cfg.check_security()
+    messages = config_warnings(caplog)
+    assert len(messages) == 1
+    assert "tomcat_encrypt" in messages[0] and "unauthenticated" in messages[0]
+    assert_hidden(caplog.text, KEY)
+    # tomcat_encrypt alone does not make a cluster secured
+    assert not cfg.secured
+    with pytest.raises(ConfigError):
+        dataclasses.replace(cfg, insecure=False).check_security()
+
+
+def test_toml_secret_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'secret = "{SECRET}"\nsecondary_secrets = ["{OLD_SECRET}"]\nreplay_window_ms = 2000\n'
+        "replay_cache = 1024\n[membership]\nmax_members = 8\n[receiver]\nidle_timeout_ms = 20000\n"
+    )
+    cfg = ClusterConfig.from_file(path)
+    assert cfg.effective_secrets() == (SECRET, OLD_SECRET)
+    assert (cfg.replay_window_ms, cfg.replay_cache) == (2000, 1024)
+    assert (cfg.membership.max_members, cfg.receiver.idle_timeout_ms) == (8, 20_000)
+    # an override supplies a secret to a file without one
+    path.write_text("[membership]\nport = 45604\n")
+    assert ClusterConfig.from_file(path, secret=SECRET).effective_secrets() == (SECRET,)
+
+
+def test_tomcat_encrypt_key_lengths() -> None:
+    for digits in (32, 48, 64):
+        key = ("aB" * 32)[:digits]
+        options = InterceptorConfig.of("tomcat_encrypt", key=f" {key} ").options
+        assert options["key"] == key.lower()
+    for digits in (0, 2, 16, 31, 33, 40, 63, 66, 128):
+        with pytest.raises(ConfigError) as err:
+            InterceptorConfig.of("tomcat_encrypt", key="a" * digits)
+        assert err.value.field == "interceptors.tomcat_encrypt.key"
+
+
+def test_tomcat_encrypt_interceptor_from_xml(caplog: pytest.LogCaptureFixture) -> None:
+    xml = cluster_xml(
+        f'<Interceptor className="{TI}EncryptInterceptor" encryptionAlgorithm="AES/GCM/NoPadding" '
+        f'encryptionKey="{KEY.upper()}" replayWindowTime="5000" replayWindowMessageCount="100" '
+        'providerName="BC"/>'
+        f'<Interceptor className="{TI}TcpFailureDetector"/>'
+    )
+    with caplog.at_level(logging.WARNING, logger="tribes.config"):
+        cfg = ClusterConfig.from_tomcat_xml(xml)
+    assert cfg.interceptors == (
+        InterceptorConfig.of("tomcat_encrypt", key=KEY, replay_window_ms=5000, replay_window_count=100),
+        InterceptorConfig("failure_detector"),
+    )
+    assert cfg.unsupported == ("EncryptInterceptor@providerName",)
+    assert len(config_warnings(caplog)) == 1
+    assert_hidden(caplog.text + repr(cfg) + cfg.to_toml(), KEY)
+    # Tomcat's replayWindowSize (remembered message numbers) and encryptionKeyString map too; case is free
+    cfg = ClusterConfig.from_tomcat_xml(
+        cluster_xml(
+            f'<Interceptor className="{TI}EncryptInterceptor" encryptionAlgorithm="aes/gcm/nopadding" '
+            f'encryptionKeyString="{KEY}" replayWindowSize="1024"/>'
+        )
+    )
+    assert cfg.interceptors == (InterceptorConfig.of("tomcat_encrypt", key=KEY, replay_window_count=1024),)
+    assert cfg.unsupported == ()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "shown"),
+    [
+        (None, "'AES/CBC/PKCS5Padding' (Tomcat's default"),  # absent = Tomcat's default, CBC
+        ("AES/CBC/PKCS5Padding", "'AES/CBC/PKCS5Padding' is not supported"),
+        ("AES/GCM/PKCS5Padding", "'AES/GCM/PKCS5Padding' is not supported"),
+        ("DES/GCM/NoPadding", "'DES/GCM/NoPadding' is not supported"),
+    ],
+)
+def test_unsupported_encrypt_algorithm_skips_the_interceptor(
+    caplog: pytest.LogCaptureFixture, algorithm: str | None, shown: str
+) -> None:
+    attribute = "" if algorithm is None else f' encryptionAlgorithm="{algorithm}"'
+    xml = cluster_xml(
+        f'<Interceptor className="{TI}EncryptInterceptor"{attribute} encryptionKey="{KEY}"/>'
+        f'<Interceptor className="{TI}TcpFailureDetector"/>'
+    )
+    with caplog.at_level(logging.WARNING, logger="tribes.config"):
+        cfg = ClusterConfig.from_tomcat_xml(xml)
+    assert cfg.interceptors == (InterceptorConfig("failure_detector"),)
+    assert cfg.unsupported == (f"Interceptor({TI}EncryptInterceptor)",)
+    messages = config_warnings(caplog)
+    assert len(messages) == 2
+    assert shown in messages[0] and "AES/GCM/NoPadding" in messages[0]
+    assert_hidden(caplog.text, KEY)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "field"),
+    [
+        ("", "interceptors.tomcat_encrypt.key"),
+        (f'encryptionKey="{KEY[:-2]}"', "interceptors.tomcat_encrypt.key"),
+        (f'encryptionKey="{KEY}" replayWindowTime="soon"', "interceptors.tomcat_encrypt.replay_window_ms"),
+        (f'encryptionKey="{KEY}" replayWindowSize="0"', "interceptors.tomcat_encrypt.replay_window_count"),
+    ],
+)
+def test_encrypt_interceptor_xml_errors(attributes: str, field: str) -> None:
+    xml = cluster_xml(
+        f'<Interceptor className="{TI}EncryptInterceptor" encryptionAlgorithm="AES/GCM/NoPadding" '
+        f"{attributes}/>"
+    )
+    with pytest.raises(ConfigError) as err:
+        ClusterConfig.from_tomcat_xml(xml)
+    assert err.value.field == field
+    assert_hidden(str(err.value), KEY[:-2])
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The core JSON
 
 
@@ -973,6 +1372,7 @@ def test_core_json_has_the_documented_shape() -> None:
         "name",
         "send_options",
         "insecure",
+        "security",
         "worker_threads",
         "event_queue_size",
         "membership",
@@ -991,8 +1391,19 @@ def test_core_json_has_the_documented_shape() -> None:
         "payload",
         "local_loopback_disabled",
         "static_members",
+        "max_members",
     }
-    assert set(doc["receiver"]) == {"address", "port", "auto_bind", "max_frame", "max_connections"}
+    assert set(doc["receiver"]) == {
+        "address",
+        "port",
+        "auto_bind",
+        "max_frame",
+        "max_connections",
+        "idle_timeout_ms",
+    }
+    assert doc["security"] == {"secrets": [], "replay_window_ms": 10000, "replay_cache": 16384}
+    assert doc["membership"]["max_members"] == 1024
+    assert doc["receiver"]["idle_timeout_ms"] == 60000
     assert set(doc["sender"]) == {"timeout_ms", "connect_timeout_ms", "max_retries", "keepalive"}
     assert doc["interceptors"] == [
         {"name": "dispatch", "options": {"max_queue_bytes": 67108864}},
@@ -1077,6 +1488,13 @@ def test_core_json_full_config_matches_its_fields() -> None:
         "auto_bind": 10,
         "max_frame": 1 << 20,
         "max_connections": 64,
+        "idle_timeout_ms": 30_000,
+    }
+    assert doc["membership"]["max_members"] == 64
+    assert doc["security"] == {
+        "secrets": [FULL_SECRET, FULL_OLD_SECRET],
+        "replay_window_ms": 5000,
+        "replay_cache": 4096,
     }
     assert doc["sender"] == {
         "timeout_ms": 5000,
@@ -1089,9 +1507,15 @@ def test_core_json_full_config_matches_its_fields() -> None:
         "fragmentation",
         "compression",
         "domain_filter",
+        "tomcat_encrypt",
         "dispatch",
         "failure_detector",
     ]
+    assert doc["interceptors"][4]["options"] == {
+        "key": FULL_KEY.lower(),
+        "replay_window_ms": 20_000,
+        "replay_window_count": 1000,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1115,3 +1539,6 @@ def test_config_reference_lists_every_field_and_option() -> None:
                 assert f"`{f.name}`" in text
     for option in ("max_queue_bytes", "remove_suspects_timeout_ms", "max_in_flight", "codec", "interval"):
         assert f"`{option}`" in text
+    for option in ("tomcat_encrypt", "key", "replay_window_count"):
+        assert f"`{option}`" in text
+    assert "| | `key` | `required` |" in text

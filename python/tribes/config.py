@@ -15,10 +15,14 @@ Sources: ``ClusterConfig(...)``, :meth:`ClusterConfig.local` (the loopback prese
 :meth:`ClusterConfig.from_tomcat_xml` (a Tomcat ``<Cluster>`` element). Invalid values raise
 :class:`~tribes.errors.ConfigError` naming the field, e.g. ``"membership.port: must be 1..65535, got 70000"``.
 
-Security: cluster traffic is not encrypted yet. Unless ``bind`` names an interface, multicast goes out
-on the loopback interface only, and the receiver listens on 127.0.0.1 by default (Tomcat: ``auto``).
-:meth:`ClusterConfig.check_security` (also run by :meth:`ClusterConfig.to_core_json`) refuses any
-non-loopback address unless ``insecure=True``, and then logs a warning.
+Security: with a shared ``secret`` (the field, or the ``TRIBES_SECRET`` environment variable when the field
+is unset) the core encrypts and authenticates every channel message and tags every membership packet; older
+``secondary_secrets`` stay accepted while a secret rotates. Secrets never appear in ``repr``/``str``, in log
+messages, in error messages, or in :meth:`ClusterConfig.to_dict`/:meth:`ClusterConfig.to_toml` (unless
+``include_secrets=True``). Without a secret, traffic is not encrypted: unless ``bind`` names an interface,
+multicast goes out on the loopback interface only, the receiver listens on 127.0.0.1 by default (Tomcat:
+``auto``), and :meth:`ClusterConfig.check_security` (also run by :meth:`ClusterConfig.to_core_json`) refuses
+any non-loopback address unless ``insecure=True``, and then logs a warning.
 
 Every field carries a one-line description in ``dataclasses.fields(...)[i].metadata["doc"]``;
 :func:`config_reference` renders them all as Markdown.
@@ -67,6 +71,13 @@ _log = logging.getLogger("tribes.config")
 _MAX_INT = 2**31 - 1  # upper bound of every count and duration (Java int; safe for any Rust integer type)
 _MAX_BYTES_FIELD = 4096  # domain / payload limit: keeps a membership packet far below 65535 bytes
 _AUTO = "auto"
+
+_ENV_SECRET = "TRIBES_SECRET"  # the secret, used when ClusterConfig.secret is None
+_ENV_SECONDARY_SECRETS = "TRIBES_SECONDARY_SECRETS"  # comma-separated older secrets, with TRIBES_SECRET
+_MIN_SECRET_BYTES = 16
+_HIDDEN = "<hidden>"  # what repr shows instead of a secret interceptor option
+_TOMCAT_GCM = "AES/GCM/NoPadding"  # the only EncryptInterceptor algorithm tomcat_encrypt speaks
+_TOMCAT_DEFAULT_ALGORITHM = "AES/CBC/PKCS5Padding"  # EncryptInterceptor's default encryptionAlgorithm
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -231,6 +242,68 @@ def _check_host(value: object, fld: str) -> str:
     return text
 
 
+def _check_secret(value: object, fld: str, origin: str = "") -> str:
+    """A shared secret: text of at least 16 bytes of UTF-8. Error messages never show the value."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{origin}must be a string, got a value of type {type(value).__name__}", fld)
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ConfigError(f"{origin}must be valid Unicode text (no lone surrogates)", fld) from None
+    if size < _MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{origin}must be at least {_MIN_SECRET_BYTES} bytes of UTF-8, got {size} "
+            "(use a long random string, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)",
+            fld,
+        )
+    return value
+
+
+def _check_key_ring(secret: str | None, secondary: object, origin: str = "") -> tuple[str, ...]:
+    """``secret`` and ``secondary`` checked together; returns the secondary secrets as a tuple.
+
+    ``origin`` prefixes the messages (``"from TRIBES_SECRET: "``) for secrets taken from the environment.
+    """
+    if isinstance(secondary, str | bytes | Mapping) or not isinstance(secondary, Iterable):
+        raise ConfigError(
+            f"{origin}must be a list of strings, got a value of type {type(secondary).__name__}",
+            "secondary_secrets",
+        )
+    items = tuple(secondary)
+    if secret is None:
+        if items:
+            raise ConfigError(
+                f"{origin}secondary (older, still accepted) secrets need a sending secret; "
+                f"set `secret` (or {_ENV_SECRET})",
+                "secondary_secrets",
+            )
+        return ()
+    _check_secret(secret, "secret", origin)
+    seen = [secret]
+    for i, item in enumerate(items):
+        fld = f"secondary_secrets[{i}]"
+        _check_secret(item, fld, origin)
+        if item in seen:
+            what = "secret" if item == secret else f"secondary_secrets[{seen.index(item) - 1}]"
+            raise ConfigError(f"{origin}duplicate secret (the same as {what})", fld)
+        seen.append(item)
+    return items
+
+
+def _check_hex_key(value: object, fld: str) -> str:
+    """A Tomcat EncryptInterceptor key: 32, 48 or 64 hex digits, lower-cased. Errors never show the value."""
+    if not isinstance(value, str):
+        raise ConfigError(f"must be a hex string, got a value of type {type(value).__name__}", fld)
+    text = value.strip()
+    if not re.fullmatch(r"[0-9A-Fa-f]*", text):
+        raise ConfigError("must be hex digits only (0-9, a-f)", fld)
+    if len(text) not in (32, 48, 64):
+        raise ConfigError(
+            f"must be 32, 48 or 64 hex digits (AES-128, AES-192 or AES-256), got {len(text)} digits", fld
+        )
+    return text.lower()
+
+
 def _parse_bytes(value: object, fld: str, max_len: int = _MAX_BYTES_FIELD) -> bytes:
     """Bytes from bytes, a list of ints, Tomcat's ``{1,2,3}`` syntax or a string (ISO-8859-1)."""
     if isinstance(value, bytes | bytearray | memoryview):
@@ -393,7 +466,8 @@ class MembershipConfig:
 
     With a non-empty ``static_members``, membership is static (Tomcat ``StaticMembershipService``) and no
     multicast is sent. Unless ``bind`` names an interface, multicast uses the loopback interface only
-    (Tomcat: the system default interface) — traffic is not encrypted yet.
+    (Tomcat: the system default interface). With a cluster secret every membership packet carries an
+    authentication tag; packets without a valid one are dropped and never create a member.
     """
 
     address: str = field(default="228.0.0.4", metadata=_doc("Multicast group address (IPv4 or IPv6)."))
@@ -426,6 +500,10 @@ class MembershipConfig:
     )
     static_members: tuple[StaticMember, ...] = field(
         default=(), metadata=_doc("Fixed peers; non-empty = static membership, no multicast.")
+    )
+    max_members: int = field(
+        default=1024,
+        metadata=_doc("Most members tracked (1..65536); packets of further members are ignored and counted."),
     )
 
     def __post_init__(self) -> None:
@@ -463,6 +541,12 @@ class MembershipConfig:
                 )
             seen.add((member.host, member.port))
         _set(self, "static_members", members)
+        _check_int(self.max_members, "membership.max_members", 1, 65536)
+        if len(members) > self.max_members:
+            raise ConfigError(
+                f"{len(members)} static members exceed membership.max_members ({self.max_members})",
+                "membership.static_members",
+            )
         if self.bind is not None:
             bind = _check_ip(self.bind, "membership.bind", "an interface IP address or None")
             if bind.is_multicast:
@@ -493,8 +577,8 @@ class ReceiverConfig:
     """The TCP listener that other members send to (Tomcat ``NioReceiver``).
 
     Deliberate deviation from Tomcat: ``address`` defaults to 127.0.0.1, not ``"auto"`` (secure by default:
-    traffic is not encrypted yet). ``"auto"`` is accepted and resolved, when the cluster starts, to
-    ``socket.gethostbyname(socket.gethostname())`` (127.0.0.1 if that fails), like Tomcat's
+    without a cluster secret, traffic is not encrypted). ``"auto"`` is accepted and resolved, when the
+    cluster starts, to ``socket.gethostbyname(socket.gethostname())`` (127.0.0.1 if that fails), like Tomcat's
     ``getLocalHost()``. ``auto_bind`` must be ≥ 1 here (Tomcat silently turns ≤ 0 into 1; so does
     :meth:`ClusterConfig.from_tomcat_xml`).
     """
@@ -513,6 +597,13 @@ class ReceiverConfig:
         default=16 * 1024 * 1024, metadata=_doc("Largest accepted message frame in bytes (1 KiB..1 GiB).")
     )
     max_connections: int = field(default=1024, metadata=_doc("Most simultaneous inbound connections."))
+    idle_timeout_ms: int = field(
+        default=60_000,
+        metadata=_doc(
+            "Inbound connections idle this long in ms are closed; ≥ 20000, because senders ping their idle "
+            "connections every 15 s."
+        ),
+    )
 
     def __post_init__(self) -> None:
         address = _check_str(self.address, "receiver.address")
@@ -536,6 +627,7 @@ class ReceiverConfig:
             )
         _check_int(self.max_frame, "receiver.max_frame", 1024, 1024**3)
         _check_int(self.max_connections, "receiver.max_connections", 1)
+        _check_int(self.idle_timeout_ms, "receiver.idle_timeout_ms", 20_000)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -577,7 +669,9 @@ class _Option:
     lo: int = 0
     hi: int = _MAX_INT
     choices: tuple[str, ...] = ()
-    kind: str = "int"  # "int", "choice" or "bytes"
+    kind: str = "int"  # "int", "choice", "bytes" or "hexkey"
+    required: bool = False
+    secret: bool = False  # hidden from repr, to_dict and to_toml (unless include_secrets)
 
 
 @dataclass(frozen=True)
@@ -638,7 +732,28 @@ _INTERCEPTORS: dict[str, _InterceptorSpec] = {
         "Ignores members and messages of other domains (Tomcat DomainFilterInterceptor).",
         {"domain": _Option(None, "Domain bytes to accept; default: the membership domain.", kind="bytes")},
     ),
+    "tomcat_encrypt": _InterceptorSpec(
+        "Encrypts message payloads like Tomcat's EncryptInterceptor with ``AES/GCM/NoPadding``, to talk to "
+        "Tomcat channels that use it (tribes members use the cluster ``secret`` instead).",
+        {
+            "key": _Option(
+                None,
+                "Required. The shared key as 32, 48 or 64 hex digits (AES-128/192/256; Tomcat "
+                "``encryptionKey``); never shown in repr, logs or to_toml.",
+                kind="hexkey",
+                required=True,
+                secret=True,
+            ),
+            "replay_window_ms": _Option(
+                10_000, "Accepted clock difference in ms for a message's timestamp.", lo=1, hi=3_600_000
+            ),
+            "replay_window_count": _Option(
+                8192, "Recent messages remembered to reject replays.", lo=1, hi=10_000_000
+            ),
+        },
+    ),
 }
+_SECRET_OPTIONS = frozenset(k for spec in _INTERCEPTORS.values() for k, o in spec.options.items() if o.secret)
 
 
 class _FrozenOptions(dict[str, Any]):
@@ -661,6 +776,12 @@ class _FrozenOptions(dict[str, Any]):
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(frozenset(self.items()))
 
+    def __repr__(self) -> str:
+        shown = {k: _HIDDEN if k in _SECRET_OPTIONS else v for k, v in self.items()}
+        return repr(shown)
+
+    __str__ = __repr__
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (dict(self),))
 
@@ -682,6 +803,8 @@ def _normalise_options(name: str, options: object) -> _FrozenOptions:
     for key, opt in spec.options.items():
         fld = f"{prefix}.{key}"
         if key not in options:
+            if opt.required:
+                raise ConfigError(f"required (the {name} interceptor needs it)", fld)
             if opt.default is not None:
                 result[key] = opt.default
             continue
@@ -693,6 +816,8 @@ def _normalise_options(name: str, options: object) -> _FrozenOptions:
             if text not in opt.choices:
                 raise ConfigError(f"must be one of {', '.join(opt.choices)}, got {value!r}", fld)
             result[key] = text
+        elif opt.kind == "hexkey":
+            result[key] = _check_hex_key(value, fld)
         else:
             result[key] = _parse_bytes(value, fld)
     return _FrozenOptions(result)
@@ -705,7 +830,8 @@ class InterceptorConfig:
     Names and options (defaults are filled in, unknown names and options raise ConfigError):
     ``dispatch`` (max_queue_bytes), ``failure_detector`` (connect_timeout_ms, remove_suspects_timeout_ms),
     ``order`` (expire_ms, max_queue), ``fragmentation`` (max_size, expire_ms, max_in_flight),
-    ``compression`` (codec "gzip"|"lz4", min_size), ``throughput`` (interval), ``domain_filter`` (domain).
+    ``compression`` (codec "gzip"|"lz4", min_size), ``throughput`` (interval), ``domain_filter`` (domain),
+    ``tomcat_encrypt`` (key — required, hidden from ``repr`` —, replay_window_ms, replay_window_count).
     """
 
     name: str = field(metadata=_doc("Interceptor name: " + ", ".join(_INTERCEPTORS) + "."))
@@ -821,7 +947,39 @@ class ClusterConfig:
     insecure: bool = field(
         default=False,
         metadata=_doc(
-            "Allow unencrypted traffic on non-loopback addresses (logs a warning); trusted networks only."
+            "Without a secret: allow unencrypted traffic on non-loopback addresses (logs a warning); "
+            "trusted networks only. Not needed with a secret."
+        ),
+    )
+    secret: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_doc(
+            "Shared cluster secret (≥ 16 bytes of UTF-8): encrypts and authenticates all traffic. "
+            "None = the ``TRIBES_SECRET`` environment variable, if set (better than a secret in a file). "
+            "Never shown in repr, logs or to_toml."
+        ),
+    )
+    secondary_secrets: tuple[str, ...] = field(
+        default=(),
+        repr=False,
+        metadata=_doc(
+            "Older secrets still accepted (never used to send), for rotation without downtime; need "
+            "``secret``. With ``secret`` unset: ``TRIBES_SECONDARY_SECRETS`` (comma-separated)."
+        ),
+    )
+    replay_window_ms: int = field(
+        default=10_000,
+        metadata=_doc(
+            "With a secret: messages whose timestamp is further than this from now (ms) are rejected as "
+            "replays (1..3600000)."
+        ),
+    )
+    replay_cache: int = field(
+        default=16384,
+        metadata=_doc(
+            "With a secret: nonces of recent messages remembered per sender to reject replays "
+            "(1024..10000000; about 40 bytes each)."
         ),
     )
     worker_threads: int = field(default=2, metadata=_doc("Threads of the core's I/O runtime (1..256)."))
@@ -856,6 +1014,11 @@ class ClusterConfig:
         if isinstance(self.send_options, str):
             _set(self, "send_options", self.send_options.strip())
         _check_bool(self.insecure, "insecure")
+        if self.secret is not None:
+            _check_secret(self.secret, "secret")
+        _set(self, "secondary_secrets", _check_key_ring(self.secret, self.secondary_secrets))
+        _check_int(self.replay_window_ms, "replay_window_ms", 1, 3_600_000)
+        _check_int(self.replay_cache, "replay_cache", 1024, 10_000_000)
         _check_int(self.worker_threads, "worker_threads", 1, 256)
         _check_int(self.event_queue_size, "event_queue_size", 1)
         unsupported: object = self.unsupported
@@ -883,6 +1046,31 @@ class ClusterConfig:
     def interceptor(self, name: str) -> InterceptorConfig | None:
         """The interceptor called ``name``, or None."""
         return next((i for i in self.interceptors if i.name == name), None)
+
+    def effective_secrets(self) -> tuple[str, ...]:
+        """The key ring the core gets: the sending secret first, then the older, still accepted ones.
+
+        ``secret`` and ``secondary_secrets`` when ``secret`` is set; otherwise the environment variables
+        ``TRIBES_SECRET`` and ``TRIBES_SECONDARY_SECRETS`` (comma-separated; spaces around each secret and
+        empty items are dropped; an empty ``TRIBES_SECRET`` counts as unset), read at each call and checked
+        like the fields (:class:`ConfigError` naming ``secret`` or ``secondary_secrets[i]``, never showing a
+        secret). Empty: no secret, no encryption.
+        """
+        if self.secret is not None:
+            return (self.secret, *self.secondary_secrets)
+        env_secret = os.environ.get(_ENV_SECRET) or None
+        env_secondary = [s.strip() for s in os.environ.get(_ENV_SECONDARY_SECRETS, "").split(",")]
+        if env_secret is not None:
+            _check_secret(env_secret, "secret", f"from {_ENV_SECRET}: ")
+        secondary = _check_key_ring(
+            env_secret, [s for s in env_secondary if s], f"from {_ENV_SECONDARY_SECRETS}: "
+        )
+        return () if env_secret is None else (env_secret, *secondary)
+
+    @property
+    def secured(self) -> bool:
+        """True when a secret is configured or set in ``TRIBES_SECRET``: traffic is encrypted."""
+        return bool(self.effective_secrets())
 
     # -- constructors ---------------------------------------------------------------------------------------
 
@@ -927,9 +1115,15 @@ class ClusterConfig:
         """A config from a TOML file (or a Tomcat XML file, if the name ends in ``.xml``).
 
         TOML layout: top-level keys are the top-level fields (``name``, ``send_options``, ``insecure``,
-        ``worker_threads``, ``event_queue_size``); tables ``[membership]``, ``[receiver]``, ``[sender]``;
+        ``secret``, ``secondary_secrets``, ``replay_window_ms``, ``replay_cache``, ``worker_threads``,
+        ``event_queue_size``); tables ``[membership]``, ``[receiver]``, ``[sender]``;
         ``[[membership.static_members]]`` with ``host``, ``port``, ``unique_id``, ``domain``;
         ``[[interceptors]]`` with ``name = "…"`` and the options. ``overrides`` as in :meth:`with_overrides`.
+
+        ``secret = "…"`` and ``secondary_secrets = ["…"]`` are accepted, but a secret is better kept out of
+        files: leave ``secret`` unset and give it in the ``TRIBES_SECRET`` environment variable (older ones in
+        ``TRIBES_SECONDARY_SECRETS``), or pass ``secret=…`` as an override. A file that holds a secret (or a
+        ``tomcat_encrypt`` key) should be readable by the service user only.
         """
         path = Path(path)
         if path.suffix.lower() == ".xml":
@@ -953,6 +1147,12 @@ class ClusterConfig:
         ``channelSendOptions``: Tomcat's default 8 (async). A Channel without any ``<Interceptor>`` gets
         Tomcat's defaults (dispatch, failure_detector). ``overrides`` (e.g. ``insecure=True``) apply last.
         XML given as ``bytes`` is parsed as a document; a missing file raises ``OSError``.
+
+        An ``EncryptInterceptor`` with ``encryptionAlgorithm="AES/GCM/NoPadding"`` becomes ``tomcat_encrypt``
+        (``encryptionKey`` → ``key``, ``replayWindowSize``/``replayWindowMessageCount`` →
+        ``replay_window_count``, ``replayWindowTime`` → ``replay_window_ms``; ``providerName`` is reported).
+        With any other algorithm — also when the attribute is absent: Tomcat then uses
+        ``AES/CBC/PKCS5Padding`` — the interceptor is reported, skipped and a warning says why.
         """
         root = _parse_xml(source)
         clusters = [el for el in root.iter() if _local(el.tag) == "Cluster"]
@@ -986,15 +1186,20 @@ class ClusterConfig:
         return _Resolved(bind=self.membership.effective_bind(), receiver=receiver, static_hosts=hosts)
 
     def check_security(self) -> None:
-        """Refuse non-loopback addresses unless ``insecure`` is set (traffic is not encrypted yet).
+        """Without a secret, refuse non-loopback addresses unless ``insecure`` is set.
 
-        Checked: the multicast interface (``membership.bind``; unset = loopback), the receiver address
-        (``"auto"`` resolved first) and the static members' hosts. Raises :class:`ConfigError` naming the
-        first offending field; with ``insecure=True`` logs one warning instead.
+        With a secret (``secret``, or ``TRIBES_SECRET``; see :meth:`effective_secrets`) traffic is encrypted
+        and authenticated, and any address is allowed, silently (``insecure`` is then irrelevant). Without
+        one, checked are: the multicast interface (``membership.bind``; unset = loopback), the receiver
+        address (``"auto"`` resolved first) and the static members' hosts; raises :class:`ConfigError`
+        naming the first offending field, or, with ``insecure=True``, logs one warning instead. Secrets never
+        appear in the messages.
         """
-        self._check_security(self._resolve(), warn=True)
+        self._check_security(self._resolve(), warn=True, secured=self.secured)
 
-    def _check_security(self, resolved: _Resolved, warn: bool) -> None:
+    def _check_security(self, resolved: _Resolved, warn: bool, secured: bool) -> None:
+        if secured:
+            return
         exposed: list[tuple[str, str]] = []
         if not self.membership.is_static and not _is_loopback(resolved.bind):
             exposed.append(("membership.bind", resolved.bind))
@@ -1011,17 +1216,28 @@ class ClusterConfig:
         listing = ", ".join(f"{fld}={addr}" for fld, addr in exposed)
         if not self.insecure:
             raise ConfigError(
-                f"{exposed[0][1]} is not a loopback address ({listing}). tribes does not encrypt cluster "
-                "traffic yet, so using a network interface needs `insecure = true` in the configuration "
-                "(ClusterConfig(insecure=True)); do that only on a trusted network (LAN, VPN, IPsec). "
-                "Encryption with a shared secret comes in a later release.",
+                f"{exposed[0][1]} is not a loopback address ({listing}). Without a shared secret, cluster "
+                f"traffic is not encrypted: set one (the {_ENV_SECRET} environment variable, or `secret` in "
+                "the configuration; at least 16 bytes, the same on every member), or, only on a trusted "
+                "network (LAN, VPN, IPsec), allow unencrypted traffic with `insecure = true` "
+                "(ClusterConfig(insecure=True)).",
                 exposed[0][0],
             )
-        if warn:
+        if not warn:
+            return
+        if self.interceptor("tomcat_encrypt") is not None:
             _log.warning(
-                "insecure = true: unencrypted cluster traffic on non-loopback addresses (%s); "
-                "anyone on that network can read and inject session data",
+                "insecure = true without a cluster secret on non-loopback addresses (%s): membership is "
+                "unauthenticated (anyone on that network can join) and messages are protected by "
+                "tomcat_encrypt only",
                 listing,
+            )
+        else:
+            _log.warning(
+                "insecure = true: unencrypted cluster traffic on non-loopback addresses (%s); anyone on that "
+                "network can read and inject session data (set %s to encrypt and authenticate it)",
+                listing,
+                _ENV_SECRET,
             )
 
     def to_core_json(self, *, check: bool = True) -> str:
@@ -1029,18 +1245,26 @@ class ClusterConfig:
 
         Every field is present; ``membership.bind`` and ``receiver.address`` are resolved IP literals,
         static members' host names are resolved, send options are an int, bytes are lists of ints and
-        interceptor options have their defaults filled in. With ``check`` (the default) it refuses, like
-        :meth:`check_security`, non-loopback addresses without ``insecure`` (on the same resolved
-        addresses), but does not log the warning again: callers run :meth:`check_security` once for that.
+        interceptor options have their defaults filled in; ``security.secrets`` is
+        :meth:`effective_secrets` (the environment is read now). With ``check`` (the default) it refuses,
+        like :meth:`check_security`, non-loopback addresses without a secret or ``insecure`` (on the same
+        resolved addresses), but does not log the warning again: callers run :meth:`check_security` once
+        for that. The result holds the secrets in clear: hand it to the core, never log it.
         """
         resolved = self._resolve()
+        secrets = self.effective_secrets()
         if check:
-            self._check_security(resolved, warn=False)
+            self._check_security(resolved, warn=False, secured=bool(secrets))
         m = self.membership
         doc: dict[str, Any] = {
             "name": self.name,
             "send_options": self.send_option_bits,
             "insecure": self.insecure,
+            "security": {
+                "secrets": list(secrets),
+                "replay_window_ms": self.replay_window_ms,
+                "replay_cache": self.replay_cache,
+            },
             "worker_threads": self.worker_threads,
             "event_queue_size": self.event_queue_size,
             "membership": {
@@ -1062,6 +1286,7 @@ class ClusterConfig:
                     }
                     for s, host in zip(m.static_members, resolved.static_hosts, strict=True)
                 ],
+                "max_members": m.max_members,
             },
             "receiver": {
                 "address": resolved.receiver,
@@ -1069,6 +1294,7 @@ class ClusterConfig:
                 "auto_bind": self.receiver.auto_bind,
                 "max_frame": self.receiver.max_frame,
                 "max_connections": self.receiver.max_connections,
+                "idle_timeout_ms": self.receiver.idle_timeout_ms,
             },
             "sender": {
                 "timeout_ms": self.sender.timeout_ms,
@@ -1088,33 +1314,58 @@ class ClusterConfig:
 
     # -- export ---------------------------------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as plain data, shaped like the TOML file (``from_dict(c.to_dict()) == c``)."""
+    def to_dict(self, *, include_secrets: bool = False) -> dict[str, Any]:
+        """The configuration as plain data, shaped like the TOML file.
+
+        Secrets are left out unless ``include_secrets=True``: ``secret``, ``secondary_secrets`` and the
+        ``key`` of a ``tomcat_encrypt`` interceptor. So ``from_dict(c.to_dict(include_secrets=True)) == c``
+        always, and ``from_dict(c.to_dict()) == c`` for a config without secrets; without them, a config
+        that had a ``secret`` reads back as one that takes it from ``TRIBES_SECRET``, and one with
+        ``tomcat_encrypt`` needs its key added back before it loads.
+        """
 
         def plain(obj: object) -> dict[str, Any]:
             return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
 
         membership = plain(self.membership)
         membership["static_members"] = [plain(s) for s in self.membership.static_members]
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "send_options": self.send_options,
             "insecure": self.insecure,
+        }
+        if include_secrets:
+            data["secret"] = self.secret
+            data["secondary_secrets"] = list(self.secondary_secrets)
+        data |= {
+            "replay_window_ms": self.replay_window_ms,
+            "replay_cache": self.replay_cache,
             "worker_threads": self.worker_threads,
             "event_queue_size": self.event_queue_size,
             "membership": membership,
             "receiver": plain(self.receiver),
             "sender": plain(self.sender),
-            "interceptors": [{"name": i.name, **i.options} for i in self.interceptors],
+            "interceptors": [
+                {
+                    "name": i.name,
+                    **{k: v for k, v in i.options.items() if include_secrets or k not in _SECRET_OPTIONS},
+                }
+                for i in self.interceptors
+            ],
         }
+        return data
 
-    def to_toml(self) -> str:
-        """The configuration as a TOML document that :meth:`from_file` reads back to an equal config."""
-        data = self.to_dict()
+    def to_toml(self, *, include_secrets: bool = False) -> str:
+        """The configuration as a TOML document that :meth:`from_file` reads back to an equal config.
+
+        Like :meth:`to_dict`, it leaves secrets out unless ``include_secrets=True`` (then the document holds
+        them in clear: keep the file private).
+        """
+        data = self.to_dict(include_secrets=include_secrets)
         lines: list[str] = []
         sections = ("membership", "receiver", "sender", "interceptors")
         for key, value in data.items():
-            if key not in sections:
+            if key not in sections and value is not None:
                 lines.append(f"{key} = {_toml_value(value)}")
         if not data["interceptors"]:
             lines.append("interceptors = []")
@@ -1166,6 +1417,8 @@ def _toml_value(value: object, text: bool = True) -> str:
         return str(value)
     if isinstance(value, str):
         return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item, text) for item in value) + "]"
     if isinstance(value, bytes):
         decoded = value.decode("latin-1")
         if text and decoded.isascii() and decoded.isprintable() and not decoded.lstrip().startswith("{"):
@@ -1295,6 +1548,15 @@ _XML_SENDER_ATTRS: _AttrMap = {
     "maxRetryAttempts": ("max_retries", _x_int),
 }
 _XML_STATIC_MEMBERSHIP_INTERCEPTOR = _TI + "StaticMembershipInterceptor"
+_XML_ENCRYPT_INTERCEPTOR = _TI + "EncryptInterceptor"
+# encryptionAlgorithm is checked separately (only AES/GCM/NoPadding maps); providerName is reported.
+_XML_ENCRYPT_ATTRS: _AttrMap = {
+    "encryptionKey": ("key", _x_str),
+    "encryptionKeyString": ("key", _x_str),
+    "replayWindowTime": ("replay_window_ms", _x_int),
+    "replayWindowMessageCount": ("replay_window_count", _x_int),
+    "replayWindowSize": ("replay_window_count", _x_int),
+}
 # Tomcat interceptor class → (tribes name, attribute → (option, converter)). Unlisted attributes are reported.
 _XML_INTERCEPTORS: dict[str, tuple[str, _AttrMap]] = {
     _TI + "TcpFailureDetector": (
@@ -1342,12 +1604,19 @@ class _TomcatXmlReader:
         self.report(f"{_local(el.tag)}({cls})" if cls else _local(el.tag))
 
     def attributes(
-        self, el: ET.Element, label: str, mapping: _AttrMap, target: dict[str, Any], section: str
+        self,
+        el: ET.Element,
+        label: str,
+        mapping: _AttrMap,
+        target: dict[str, Any],
+        section: str,
+        handled: Iterable[str] = (),
     ) -> None:
-        """Map ``el``'s attributes through ``mapping`` into ``target``; report the others."""
+        """Map ``el``'s attributes through ``mapping`` into ``target``; report the others (except the
+        ``handled`` ones, which the caller took care of)."""
         for attr, text in el.attrib.items():
             attr = _local(attr)
-            if attr == "className":
+            if attr == "className" or attr in handled:
                 continue
             if attr not in mapping:
                 self.report(f"{label}@{attr}")
@@ -1453,6 +1722,11 @@ class _TomcatXmlReader:
             self.attributes(el, simple, {}, {}, "")
             self.read_members(el)
             return
+        if cls == _XML_ENCRYPT_INTERCEPTOR:
+            encrypt = self.read_encrypt_interceptor(el, simple)
+            if encrypt is not None:
+                self.interceptors.append(encrypt)
+            return
         if cls not in _XML_INTERCEPTORS:
             self.report_element(el)
             return
@@ -1461,6 +1735,34 @@ class _TomcatXmlReader:
         self.attributes(el, simple, mapping, options, f"interceptors.{name}")
         self.report_children(el)
         self.interceptors.append({"name": name, **options})
+
+    def read_encrypt_interceptor(self, el: ET.Element, simple: str) -> dict[str, Any] | None:
+        """Tomcat's EncryptInterceptor → ``tomcat_encrypt``, if it uses AES/GCM/NoPadding.
+
+        Any other algorithm — including an absent ``encryptionAlgorithm``, which in Tomcat means
+        ``AES/CBC/PKCS5Padding`` — cannot be spoken: the whole interceptor is reported and skipped, with a
+        warning. The key never appears in a report, warning or error.
+        """
+        given = el.get("encryptionAlgorithm")
+        algorithm = _TOMCAT_DEFAULT_ALGORITHM if given is None else given.strip()
+        if algorithm.upper() != _TOMCAT_GCM.upper():
+            self.report_element(el)
+            _log.warning(
+                "Tomcat %s skipped: encryptionAlgorithm %r%s is not supported; tribes' tomcat_encrypt speaks "
+                '%s only (set encryptionAlgorithm="%s" on the Tomcat members)',
+                simple,
+                algorithm,
+                " (Tomcat's default when the attribute is absent)" if given is None else "",
+                _TOMCAT_GCM,
+                _TOMCAT_GCM,
+            )
+            return None
+        options: dict[str, Any] = {}
+        self.attributes(
+            el, simple, _XML_ENCRYPT_ATTRS, options, "interceptors.tomcat_encrypt", ("encryptionAlgorithm",)
+        )
+        self.report_children(el)
+        return {"name": "tomcat_encrypt", **options}
 
     def report_children(self, el: ET.Element) -> None:
         for child in el:
@@ -1499,5 +1801,6 @@ def config_reference() -> str:
     for name, spec in _INTERCEPTORS.items():
         out.append(f"| `{name}` | | | {spec.doc} |")
         for key, opt in spec.options.items():
-            out.append(f"| | `{key}` | `{opt.default!r}` | {opt.doc} |")
+            default = "required" if opt.required else repr(opt.default)
+            out.append(f"| | `{key}` | `{default}` | {opt.doc} |")
     return "\n".join(out) + "\n"

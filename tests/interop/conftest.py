@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# tests/support (line-protocol process, port pickers, event recorder) is on sys.path from tests/conftest.py.
+from support import lineproc
+from support.recorder import Recorder
 
 JAVA_SOURCE = Path(__file__).parent / "java" / "TribesPeer.java"
 
@@ -45,7 +47,6 @@ JARS_ENV = "TRIBES_INTEROP_JARS"
 FREQUENCY_MS = 100
 DROP_TIME_MS = 1000
 MCAST_ADDRESS = "228.0.0.4"
-LOOPBACK = "127.0.0.1"
 
 #: JVM start + channel start (Tribes sleeps 2 x frequency at each of two start levels) on a slow box.
 READY_TIMEOUT = 60.0
@@ -55,10 +56,6 @@ EVENT_TIMEOUT = 15.0
 EXIT_TIMEOUT = 15.0
 #: Hard upper bound on a Java peer's life (TribesPeer --max-seconds).
 PEER_MAX_SECONDS = 240
-
-_used_mcast_ports: set[int] = set()
-_used_tcp_ports: set[int] = set()
-_rng = random.Random()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,46 +144,14 @@ def java_toolchain(tmp_path_factory: pytest.TempPathFactory) -> JavaToolchain:
 # ----------------------------------------------------------------------------------------------
 
 
-def _udp_port_free(port: int) -> bool:
-    # No SO_REUSEADDR: a wildcard bind collides with any socket already on this port, including a
-    # multicast socket bound to (group, port), so a port some other cluster uses is rejected.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-def _tcp_port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
-
-
 def free_mcast_port(lo: int = 45000, hi: int = 46999) -> int:
     """A multicast port in [lo, hi] not used by this session and not bound on this machine."""
-    for _ in range(200):
-        port = _rng.randint(lo, hi)
-        if port in _used_mcast_ports or not _udp_port_free(port):
-            continue
-        _used_mcast_ports.add(port)
-        return port
-    raise RuntimeError(f"no free multicast port in {lo}-{hi}")
+    return lineproc.free_mcast_port(lo, hi, attempts=200)
 
 
 def free_receiver_port(lo: int = 41000, hi: int = 43899) -> int:
     """A TCP receiver start port (the peer still auto-binds upwards from it if it gets taken)."""
-    for _ in range(200):
-        port = _rng.randint(lo, hi)
-        if port in _used_tcp_ports or not _tcp_port_free(port):
-            continue
-        _used_tcp_ports.add(port)
-        return port
-    raise RuntimeError(f"no free TCP port in {lo}-{hi}")
+    return lineproc.free_tcp_port(lo, hi, attempts=200)
 
 
 @pytest.fixture
@@ -220,16 +185,16 @@ def parse_member_line(line: str) -> PeerInfo:
     return PeerInfo(host=host, port=int(port), unique_id=bytes.fromhex(uid.strip()))
 
 
-class JavaPeer:
+class JavaPeer(lineproc.LineProcess):
     """A running TribesPeer: stdin commands, stdout lines collected by a reader thread."""
 
+    event_timeout = EVENT_TIMEOUT
+    dump_tail = 60
+    dump_line_chars = None
+
     def __init__(self, toolchain: JavaToolchain, args: list[str], name: str) -> None:
-        self.name = name
         self.args = args
-        self._cond = threading.Condition()
-        self._lines: list[tuple[float, str]] = []  # (time.monotonic() when read, line)
-        self._stderr: list[str] = []
-        self._eof = False
+        self.info: PeerInfo | None = None
         cmd = [
             toolchain.java,
             # Needed on Linux: with the default dual-stack (IPv6) socket, a MulticastSocket bound to
@@ -245,158 +210,12 @@ class JavaPeer:
             "TribesPeer",
             *args,
         ]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
-        )
-        self._out_thread = threading.Thread(target=self._read_stdout, name=f"{name}-stdout", daemon=True)
-        self._err_thread = threading.Thread(target=self._read_stderr, name=f"{name}-stderr", daemon=True)
-        self._out_thread.start()
-        self._err_thread.start()
-        self.info: PeerInfo | None = None
+        super().__init__(cmd, name)
 
-    # -- reader threads (never raise) --
-
-    def _read_stdout(self) -> None:
-        stream = self.proc.stdout
-        assert stream is not None
-        try:
-            for raw in stream:
-                line = raw.rstrip("\r\n")
-                with self._cond:
-                    self._lines.append((time.monotonic(), line))
-                    self._cond.notify_all()
-        except (OSError, ValueError):
-            pass
-        finally:
-            with self._cond:
-                self._eof = True
-                self._cond.notify_all()
-
-    def _read_stderr(self) -> None:
-        stream = self.proc.stderr
-        assert stream is not None
-        try:
-            for raw in stream:
-                with self._cond:
-                    self._stderr.append(raw.rstrip("\r\n"))
-                    if len(self._stderr) > 2000:
-                        del self._stderr[:1000]
-        except (OSError, ValueError):
-            pass
-
-    # -- inspection --
-
-    def lines(self) -> list[str]:
-        with self._cond:
-            return [line for _, line in self._lines]
-
-    def mark(self) -> int:
-        """Index to pass as ``since`` to only look at lines printed from now on."""
-        with self._cond:
-            return len(self._lines)
-
-    def dump(self, tail: int = 60) -> str:
-        with self._cond:
-            out = [line for _, line in self._lines[-tail:]]
-            err = list(self._stderr[-tail:])
-        return (
-            f"--- {self.name} args={self.args} returncode={self.proc.poll()}\n"
-            "--- stdout (tail):\n" + "\n".join(out) + "\n--- stderr (tail):\n" + "\n".join(err)
-        )
-
-    def wait_line_timed(
-        self,
-        prefix: str,
-        predicate: Callable[[str], bool] | None = None,
-        timeout: float = EVENT_TIMEOUT,
-        since: int = 0,
-    ) -> tuple[float, str]:
-        """Wait for the first line at index >= since that starts with ``prefix + ' '`` (or equals
-        ``prefix``) and satisfies ``predicate``; return (monotonic time it was read, line).
-
-        Raises AssertionError with the peer's output if the deadline passes or the peer's stdout
-        closes first.
-        """
-        deadline = time.monotonic() + timeout
-        pos = since
-
-        def match(line: str) -> bool:
-            if not (line == prefix or line.startswith(prefix + " ")):
-                return False
-            return predicate is None or predicate(line)
-
-        with self._cond:
-            while True:
-                while pos < len(self._lines):
-                    ts, line = self._lines[pos]
-                    pos += 1
-                    if match(line):
-                        return ts, line
-                if self._eof:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-        why = "stdout closed" if self._eof else f"no match within {timeout:.1f} s"
-        raise AssertionError(f"{self.name}: waiting for {prefix!r} line: {why}\n{self.dump()}")
-
-    def wait_line(
-        self,
-        prefix: str,
-        predicate: Callable[[str], bool] | None = None,
-        timeout: float = EVENT_TIMEOUT,
-        since: int = 0,
-    ) -> str:
-        return self.wait_line_timed(prefix, predicate, timeout, since)[1]
-
-    def has_line(self, prefix: str, predicate: Callable[[str], bool] | None = None, since: int = 0) -> bool:
-        with self._cond:
-            lines = [line for _, line in self._lines[since:]]
-        return any(
-            (line == prefix or line.startswith(prefix + " ")) and (predicate is None or predicate(line))
-            for line in lines
-        )
+    def describe(self) -> str:
+        return f"args={self.args}"
 
     # -- commands --
-
-    def command(self, line: str) -> None:
-        stdin = self.proc.stdin
-        assert stdin is not None
-        try:
-            stdin.write(line + "\n")
-            stdin.flush()
-        except (BrokenPipeError, ValueError, OSError) as exc:
-            raise AssertionError(f"{self.name}: cannot write {line!r}: {exc}\n{self.dump()}") from exc
-
-    def request(self, line: str, *reply_prefixes: str, timeout: float = EVENT_TIMEOUT) -> str:
-        """Send a command and return the first later line starting with one of reply_prefixes."""
-        since = self.mark()
-        self.command(line)
-        return self._wait_prefixes(reply_prefixes, timeout, since)
-
-    def _wait_prefixes(self, prefixes: tuple[str, ...], timeout: float, since: int) -> str:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            pos = since
-            while True:
-                while pos < len(self._lines):
-                    line = self._lines[pos][1]
-                    pos += 1
-                    if any(line == p or line.startswith(p + " ") for p in prefixes):
-                        return line
-                remaining = deadline - time.monotonic()
-                if self._eof or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-        raise AssertionError(f"{self.name}: no reply {prefixes} within {timeout:.1f} s\n{self.dump()}")
 
     def send(self, payload: bytes, sync: bool = False) -> str:
         """SEND/SENDSYNC; returns the SENT/SENDFAIL line."""
@@ -422,32 +241,11 @@ class JavaPeer:
         if self.proc.poll() is None:
             with contextlib.suppress(AssertionError):
                 self.command("QUIT")
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"{self.name}: did not exit within {timeout} s of QUIT\n{self.dump()}"
-            ) from None
+        return self.wait_exit(timeout)
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-
-    def close(self) -> None:
-        """Stop the process (politely, then by force) and release pipes and threads."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(AssertionError):
-                self.quit(timeout=EXIT_TIMEOUT)
-        self.kill()
-        self._out_thread.join(timeout=5)
-        self._err_thread.join(timeout=5)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    stream.close()
+    def _shutdown(self) -> None:
+        with contextlib.suppress(AssertionError):
+            self.quit(timeout=EXIT_TIMEOUT)
 
 
 JavaPeerFactory = Callable[..., JavaPeer]
@@ -455,10 +253,12 @@ JavaPeerFactory = Callable[..., JavaPeer]
 
 @pytest.fixture
 def java_peer(java_toolchain: JavaToolchain) -> Iterator[JavaPeerFactory]:
-    """Factory: ``java_peer(mcast_port, receiver_port=None, interceptors=None, wait_ready=True)``.
+    """Factory: ``java_peer(mcast_port, receiver_port=None, interceptors=None, wait_ready=True,
+    encrypt_key=None)``.
 
     Starts a TribesPeer on loopback with the local-preset timings and (by default) waits for READY;
-    every peer is stopped at teardown.
+    every peer is stopped at teardown. ``encrypt_key`` (hex) adds Tomcat's EncryptInterceptor
+    (AES/GCM/NoPadding) above TcpFailureDetector (TribesPeer ``--encrypt-key``).
     """
     peers: list[JavaPeer] = []
 
@@ -467,6 +267,7 @@ def java_peer(java_toolchain: JavaToolchain) -> Iterator[JavaPeerFactory]:
         receiver_port: int | None = None,
         interceptors: str | None = None,
         wait_ready: bool = True,
+        encrypt_key: str | None = None,
     ) -> JavaPeer:
         args = [
             "--mcast-port",
@@ -484,6 +285,8 @@ def java_peer(java_toolchain: JavaToolchain) -> Iterator[JavaPeerFactory]:
         ]
         if interceptors is not None:
             args += ["--interceptors", interceptors]
+        if encrypt_key is not None:
+            args += ["--encrypt-key", encrypt_key]
         peer = JavaPeer(java_toolchain, args, name=f"java-peer-{len(peers)}")
         peers.append(peer)
         if wait_ready:
@@ -507,66 +310,6 @@ def host_str(host: Any) -> str:
     return str(host)
 
 
-class EventRecorder:
-    """Collects tribes listener callbacks (called on tribes' dispatcher threads)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.events: list[tuple[float, str, Any, bytes | None]] = []  # (monotonic, kind, member, data)
-
-    def on_message(self, member: Any, data: bytes) -> None:
-        with self._cond:
-            self.events.append((time.monotonic(), "msg", member, bytes(data)))
-            self._cond.notify_all()
-
-    def on_added(self, member: Any) -> None:
-        with self._cond:
-            self.events.append((time.monotonic(), "added", member, None))
-            self._cond.notify_all()
-
-    def on_gone(self, member: Any) -> None:
-        with self._cond:
-            self.events.append((time.monotonic(), "gone", member, None))
-            self._cond.notify_all()
-
-    def mark(self) -> int:
-        with self._cond:
-            return len(self.events)
-
-    def snapshot(self, since: int = 0) -> list[tuple[float, str, Any, bytes | None]]:
-        with self._cond:
-            return list(self.events[since:])
-
-    def find(
-        self, kind: str, predicate: Callable[[Any, bytes | None], bool], since: int = 0
-    ) -> tuple[float, Any, bytes | None] | None:
-        with self._cond:
-            for ts, k, member, data in self.events[since:]:
-                if k == kind and predicate(member, data):
-                    return ts, member, data
-        return None
-
-    def wait(
-        self,
-        kind: str,
-        predicate: Callable[[Any, bytes | None], bool],
-        timeout: float = EVENT_TIMEOUT,
-        since: int = 0,
-    ) -> tuple[float, Any, bytes | None]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for ts, k, member, data in self.events[since:]:
-                    if k == kind and predicate(member, data):
-                        return ts, member, data
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            summary = [(k, _member_text(m), None if d is None else len(d)) for _, k, m, d in self.events]
-        raise AssertionError(f"tribes: no {kind!r} event matching within {timeout:.1f} s; events: {summary}")
-
-
 def _member_text(member: Any) -> str:
     try:
         return f"{host_str(member.host)}:{member.port}"
@@ -575,11 +318,17 @@ def _member_text(member: Any) -> str:
 
 
 class TribesNode:
-    """A started tribes.Cluster with an EventRecorder attached before start."""
+    """A started tribes.Cluster with a Recorder attached before start.
 
-    def __init__(self, tribes_mod: Any, mcast_port: int) -> None:
-        self.recorder = EventRecorder()
-        cfg = tribes_mod.ClusterConfig.local(membership={"port": mcast_port, "address": MCAST_ADDRESS})
+    ``interceptors``, when given, goes to ``ClusterConfig.local`` as is (else the preset's stack).
+    """
+
+    def __init__(self, tribes_mod: Any, mcast_port: int, interceptors: list[Any] | None = None) -> None:
+        self.recorder = Recorder(EVENT_TIMEOUT, _member_text)
+        extra: dict[str, Any] = {} if interceptors is None else {"interceptors": interceptors}
+        cfg = tribes_mod.ClusterConfig.local(
+            membership={"port": mcast_port, "address": MCAST_ADDRESS}, **extra
+        )
         self.cluster = tribes_mod.Cluster(cfg)
         self.cluster.add_message_listener(self.recorder.on_message)
         self.cluster.add_membership_listener(self.recorder.on_added, self.recorder.on_gone)
@@ -634,12 +383,13 @@ def tribes_mod() -> Any:
 
 
 @pytest.fixture
-def tribes_node(tribes_mod: Any) -> Iterator[Callable[[int], TribesNode]]:
-    """Factory: ``tribes_node(mcast_port)`` -> started TribesNode; all stopped at teardown."""
+def tribes_node(tribes_mod: Any) -> Iterator[Callable[..., TribesNode]]:
+    """Factory: ``tribes_node(mcast_port, interceptors=None)`` -> started TribesNode; all stopped at
+    teardown."""
     nodes: list[TribesNode] = []
 
-    def start(mcast_port: int) -> TribesNode:
-        node = TribesNode(tribes_mod, mcast_port)
+    def start(mcast_port: int, interceptors: list[Any] | None = None) -> TribesNode:
+        node = TribesNode(tribes_mod, mcast_port, interceptors)
         nodes.append(node)
         return node
 

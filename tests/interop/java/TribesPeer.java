@@ -9,7 +9,7 @@
  * Usage:
  *   java -cp tomcat10-tribes.jar:tomcat10-juli.jar:<classdir> TribesPeer --mcast-port P
  *        [--mcast-address 228.0.0.4] [--receiver-port 4000] [--frequency 100] [--drop-time 1000]
- *        [--max-seconds 120] [--interceptors dispatch,tfd]
+ *        [--max-seconds 120] [--interceptors dispatch,tfd] [--encrypt-key HEX]
  *
  * Interceptor stack (--interceptors, comma separated, sending order; "none" for an empty list):
  *   dispatch = MessageDispatchInterceptor, tfd = TcpFailureDetector.
@@ -19,6 +19,18 @@
  *   opens a connection and writes one framed ChannelData carrying the 64-byte TCP_FAIL_DETECT magic,
  *   without USE_ACK), and a member that simply expires is probed before it is reported GONE.
  *   With "none", GroupChannel itself adds a MessageDispatchInterceptor at start.
+ *   encrypt = EncryptInterceptor (only valid together with --encrypt-key).
+ *
+ * Encryption (--encrypt-key HEX): adds Tomcat's EncryptInterceptor configured as in server.xml
+ *   (setEncryptionAlgorithm("AES/GCM/NoPadding"), setEncryptionKey(hex string; 32/48/64 hex digits =
+ *   AES-128/192/256); replay window left at its defaults, 10000 ms / 8192 messages). Unless the
+ *   --interceptors list names "encrypt" explicitly, it is inserted just before the first "tfd" (the
+ *   EncryptInterceptor must be upstream of TcpFailureDetector, or channel start fails), or appended at
+ *   the end of the list when there is no "tfd" (default stack -> dispatch,encrypt,tfd). Membership
+ *   heartbeats and TcpFailureDetector's probe stay in plaintext, as in Tomcat. A message that fails
+ *   to decrypt is dropped by the interceptor, which logs on stderr through JULI
+ *   ("Failed to decrypt message" with the cause, e.g. javax.crypto.AEADBadTagException); the receiver
+ *   still ACKs it, so the sender reports SENT.
  *
  * Output (stdout, one line per event, flushed):
  *   READY <host>:<port> <uniqueId hex>          after the channel started
@@ -31,6 +43,8 @@
  *   MEMBERS <count> [<host:port>,...]           reply to MEMBERS (list omitted when count is 0)
  *   ERR <message>                               unknown or malformed command
  *   BYE                                         the channel was stopped (QUIT or EOF), exit status 0 follows
+ *   STARTFAIL <message>                         channel start threw (stack trace on stderr), exit status 2
+ *                                               follows (e.g. EncryptInterceptor below TcpFailureDetector)
  *   TIMEOUT                                     --max-seconds elapsed, exit status 3 follows
  *
  * Commands (stdin, one per line):
@@ -49,7 +63,9 @@ import java.io.Serializable;
 import java.net.InetAddress;
 import java.net.UnknownHostException;
 import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
 
 import org.apache.catalina.tribes.ByteMessage;
@@ -59,6 +75,7 @@ import org.apache.catalina.tribes.ChannelListener;
 import org.apache.catalina.tribes.Member;
 import org.apache.catalina.tribes.MembershipListener;
 import org.apache.catalina.tribes.group.GroupChannel;
+import org.apache.catalina.tribes.group.interceptors.EncryptInterceptor;
 import org.apache.catalina.tribes.group.interceptors.MessageDispatchInterceptor;
 import org.apache.catalina.tribes.group.interceptors.TcpFailureDetector;
 import org.apache.catalina.tribes.membership.McastService;
@@ -137,7 +154,7 @@ public final class TribesPeer {
         opts.put("--interceptors", "dispatch,tfd");
         for (int i = 0; i < args.length; i++) {
             String k = args[i];
-            if (!opts.containsKey(k) && !k.equals("--mcast-port")) {
+            if (!opts.containsKey(k) && !k.equals("--mcast-port") && !k.equals("--encrypt-key")) {
                 throw new IllegalArgumentException("unknown option " + k);
             }
             if (i + 1 >= args.length) {
@@ -256,14 +273,42 @@ public final class TribesPeer {
         // Sender: GroupChannel's default ReplicationTransmitter (PooledParallelSender).
 
         String stack = opts.get("--interceptors").trim();
+        String encryptKey = opts.get("--encrypt-key");
+        List<String> names = new ArrayList<>();
         if (!stack.equals("none") && !stack.isEmpty()) {
             for (String name : stack.split(",")) {
-                switch (name.trim()) {
+                names.add(name.trim());
+            }
+        }
+        if (encryptKey == null && names.contains("encrypt")) {
+            System.err.println("TribesPeer: interceptor encrypt needs --encrypt-key");
+            System.exit(64);
+            return;
+        }
+        if (encryptKey != null && !names.contains("encrypt")) {
+            int tfd = names.indexOf("tfd");
+            names.add(tfd < 0 ? names.size() : tfd, "encrypt");
+        }
+        if (!names.isEmpty()) {
+            for (String name : names) {
+                switch (name) {
                     case "dispatch":
                         channel.addInterceptor(new MessageDispatchInterceptor());
                         break;
                     case "tfd":
                         channel.addInterceptor(new TcpFailureDetector());
+                        break;
+                    case "encrypt":
+                        EncryptInterceptor encrypt = new EncryptInterceptor();
+                        encrypt.setEncryptionAlgorithm("AES/GCM/NoPadding");
+                        try {
+                            encrypt.setEncryptionKey(encryptKey);
+                        } catch (IllegalArgumentException e) {
+                            System.err.println("TribesPeer: bad --encrypt-key: " + e.getMessage());
+                            System.exit(64);
+                            return;
+                        }
+                        channel.addInterceptor(encrypt);
                         break;
                     default:
                         System.err.println("TribesPeer: unknown interceptor " + name);
@@ -301,7 +346,15 @@ public final class TribesPeer {
             }
         });
 
-        channel.start(Channel.DEFAULT);
+        try {
+            channel.start(Channel.DEFAULT);
+        } catch (Exception e) {
+            e.printStackTrace();
+            out("STARTFAIL " + String.valueOf(e.getMessage()).replace('\n', ' ').replace('\r', ' '));
+            // Whatever part of the channel did start may hold non-daemon threads: exit explicitly.
+            Runtime.getRuntime().halt(2);
+            return;
+        }
         out("READY " + describe(channel.getLocalMember(true)));
 
         BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
