@@ -742,13 +742,14 @@ impl Interceptor for Encrypt {
     ) -> std::result::Result<(), String> {
         let p = &msg.sender.packet;
         let aad = envelope::aad(msg.options, &msg.unique_id, &p.host, p.port, &p.unique_id);
-        let opened = match envelope::open(&self.ring, &aad, &msg.payload) {
-            Ok(o) => o,
-            Err(e) => {
-                stats::inc(&self.stats.rejected_auth);
-                return Err(format!("from {}: {e}", msg.sender));
-            }
-        };
+        let (nonce, timestamp_ms) =
+            match envelope::open_in_place(&self.ring, &aad, &mut msg.payload) {
+                Ok(o) => o,
+                Err(e) => {
+                    stats::inc(&self.stats.rejected_auth);
+                    return Err(format!("from {}: {e}", msg.sender));
+                }
+            };
         let mut guards = self.guards.lock();
         if !guards.contains_key(&msg.sender.key()) && guards.len() >= 4096 {
             // Bounded: only authenticated senders get here, but keep memory bounded regardless.
@@ -757,12 +758,11 @@ impl Interceptor for Encrypt {
         let guard = guards
             .entry(msg.sender.key())
             .or_insert_with(|| ReplayGuard::new(self.window_ms, self.cache));
-        if let Err(e) = guard.check(&opened.nonce, opened.timestamp_ms, now_ms()) {
+        if let Err(e) = guard.check(&nonce, timestamp_ms, now_ms()) {
             stats::inc(&self.stats.rejected_replay);
             return Err(format!("from {}: {e}", msg.sender));
         }
         drop(guards);
-        msg.payload = opened.payload;
         out.push(msg);
         Ok(())
     }

@@ -6,8 +6,7 @@
 //! The AAD binds the message to its header: `"tribes-msg" ‖ options ‖ unique id ‖ sender identity`,
 //! so a captured message cannot be re-sent under other options or as from another member.
 
-use aes_gcm::aead::{Aead, Payload};
-use aes_gcm::Nonce;
+use ring::aead::{Aad, Nonce};
 
 use super::{KeyRing, SecurityError};
 
@@ -41,24 +40,26 @@ pub fn aad(
     a
 }
 
-/// Encrypts `payload` with the ring's sending key and a fresh random nonce.
+/// Encrypts `payload` with the ring's sending key and a fresh random nonce (one allocation, one
+/// copy of the payload; the encryption runs in place).
 pub fn seal(ring: &KeyRing, timestamp_ms: i64, aad: &[u8], payload: &[u8]) -> Vec<u8> {
     let key = ring.sending();
     let nonce: [u8; 12] = rand::random();
-    let mut plain = Vec::with_capacity(8 + payload.len());
-    plain.extend_from_slice(&timestamp_ms.to_be_bytes());
-    plain.extend_from_slice(payload);
-    // AES-GCM encryption fails only for plaintexts beyond 64 GiB, far above any frame limit.
-    let ct = key
-        .aead
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plain, aad })
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
+    let mut out = Vec::with_capacity(HEADER_LEN + 8 + payload.len() + TAG_LEN);
     out.push(MARKER);
     out.push(VERSION);
     out.extend_from_slice(&key.id);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.extend_from_slice(payload);
+    // Sealing fails only for inputs beyond GCM's 64 GiB limit, far above any frame limit.
+    if let Ok(tag) = key.aead.seal_in_place_separate_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut out[HEADER_LEN..],
+    ) {
+        out.extend_from_slice(tag.as_ref());
+    }
     out
 }
 
@@ -75,6 +76,22 @@ pub struct Opened {
 
 /// Checks the envelope's shape and authenticates and decrypts it (no replay check here).
 pub fn open(ring: &KeyRing, aad: &[u8], data: &[u8]) -> Result<Opened, SecurityError> {
+    let mut buf = data.to_vec();
+    let (nonce, timestamp_ms) = open_in_place(ring, aad, &mut buf)?;
+    Ok(Opened {
+        nonce,
+        timestamp_ms,
+        payload: buf,
+    })
+}
+
+/// Like [`open`], decrypting in `data`, which becomes the payload; returns (nonce, timestamp).
+/// On error `data` is left in an unspecified state.
+pub fn open_in_place(
+    ring: &KeyRing,
+    aad: &[u8],
+    data: &mut Vec<u8>,
+) -> Result<([u8; 12], i64), SecurityError> {
     if data.len() < MIN_LEN {
         return Err(SecurityError::Malformed("shorter than an envelope"));
     }
@@ -84,24 +101,20 @@ pub fn open(ring: &KeyRing, aad: &[u8], data: &[u8]) -> Result<Opened, SecurityE
     let key = ring.by_id(&data[2..6]).ok_or(SecurityError::UnknownKey)?;
     let mut nonce = [0u8; 12];
     nonce.copy_from_slice(&data[6..18]);
-    let plain = key
+    let plain_len = key
         .aead
-        .decrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: &data[HEADER_LEN..],
-                aad,
-            },
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut data[HEADER_LEN..],
         )
-        .map_err(|_| SecurityError::BadTag)?;
-    let (ts, payload) = plain.split_at(8);
-    let mut tsb = [0u8; 8];
-    tsb.copy_from_slice(ts);
-    Ok(Opened {
-        nonce,
-        timestamp_ms: i64::from_be_bytes(tsb),
-        payload: payload.to_vec(),
-    })
+        .map_err(|_| SecurityError::BadTag)?
+        .len();
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&data[HEADER_LEN..HEADER_LEN + 8]);
+    data.truncate(HEADER_LEN + plain_len);
+    data.drain(..HEADER_LEN + 8);
+    Ok((nonce, i64::from_be_bytes(ts)))
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 
 Started by the ``member_process`` fixture (tests/conftest.py). Everything stays on loopback: the
 configuration is ``tribes.ClusterConfig.local`` (multicast on 127.0.0.1 with TTL 0, receiver on
-127.0.0.1) with the given multicast port.
+127.0.0.1) with the given multicast port. ``--secret`` / ``--secondary-secret`` (repeatable) set the
+cluster's key ring; without ``--secret`` the config reads ``TRIBES_SECRET`` / ``TRIBES_SECONDARY_SECRETS``
+from the inherited environment. ``--log-level`` sets the stderr log level (default WARNING).
 
 Lines printed (one event per line, flushed at once; ``<member>`` is ``<host>:<port> <unique id hex>``)::
 
@@ -153,9 +155,21 @@ def main(argv: list[str] | None = None) -> int:
         "--config-json", default=None, help="more ClusterConfig.local overrides, as a JSON object"
     )
     parser.add_argument("--max-seconds", type=float, default=120.0, help="hard limit on the process's life")
+    parser.add_argument(
+        "--secret", default=None, help="the cluster secret (else TRIBES_SECRET from the environment, if set)"
+    )
+    parser.add_argument(
+        "--secondary-secret",
+        action="append",
+        default=[],
+        help="an older secret still accepted (repeatable; needs --secret)",
+    )
+    parser.add_argument(
+        "--log-level", default="WARNING", help="level of the stderr log (DEBUG, INFO, WARNING, ...)"
+    )
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(name)s: %(message)s")
     # The hard limit: whatever happens (a test that never sends QUIT or closes stdin), exit.
     limit = threading.Timer(args.max_seconds, lambda: (emit("TIMEOUT"), os._exit(3)))
     limit.daemon = True
@@ -166,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     receiver = dict(overrides.pop("receiver", {}))
     if args.receiver_port is not None:
         receiver["port"] = args.receiver_port
+    if args.secret is not None:
+        overrides["secret"] = args.secret
+    if args.secondary_secret:
+        overrides["secondary_secrets"] = args.secondary_secret
     config = tribes.ClusterConfig.local(name=args.name, membership=membership, receiver=receiver, **overrides)
     cluster = tribes.Cluster(config)
     member = Member(cluster)
