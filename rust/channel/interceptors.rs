@@ -713,7 +713,7 @@ struct Encrypt {
     cache: usize,
     /// One replay memory per sender: a sender's timestamps only grow, so the eviction rule never
     /// refuses a genuine message of another, slower member.
-    guards: Mutex<HashMap<MemberKey, ReplayGuard>>,
+    guards: Mutex<HashMap<GuardKey, ReplayGuard>>,
     stats: Arc<Stats>,
 }
 
@@ -750,13 +750,14 @@ impl Interceptor for Encrypt {
                     return Err(format!("from {}: {e}", msg.sender));
                 }
             };
+        let key = guard_key(&msg.sender);
         let mut guards = self.guards.lock();
-        if !guards.contains_key(&msg.sender.key()) && guards.len() >= 4096 {
+        if guards.len() >= 4096 && !guards.contains_key(&key) {
             // Bounded: only authenticated senders get here, but keep memory bounded regardless.
             guards.clear();
         }
         let guard = guards
-            .entry(msg.sender.key())
+            .entry(key)
             .or_insert_with(|| ReplayGuard::new(self.window_ms, self.cache));
         if let Err(e) = guard.check(&nonce, timestamp_ms, now_ms()) {
             stats::inc(&self.stats.rejected_replay);
@@ -768,8 +769,15 @@ impl Interceptor for Encrypt {
     }
 
     fn member_gone(&self, member: &Member) {
-        self.guards.lock().remove(&member.key());
+        self.guards.lock().remove(&guard_key(member));
     }
+}
+
+/// A sender's identity without allocating: port and unique id (the host is bound in the AAD).
+type GuardKey = (i32, [u8; 16]);
+
+fn guard_key(member: &Member) -> GuardKey {
+    (member.packet.port, member.packet.unique_id)
 }
 
 // ---- Tomcat's EncryptInterceptor ---------------------------------------------------------------
