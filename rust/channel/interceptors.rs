@@ -87,8 +87,8 @@ pub struct Stack {
 /// What stages need to know about the channel they run in.
 #[derive(Debug, Clone)]
 pub struct StackContext {
-    /// The local member (the sender identity bound into encrypted messages).
-    pub local: MemberKey,
+    /// The local member packet as sent in the address field (bound into encrypted messages).
+    pub local_address: Arc<[u8]>,
     /// The channel's counters.
     pub stats: Arc<Stats>,
 }
@@ -154,7 +154,7 @@ impl Stack {
         if let Some(ring) = KeyRing::new(&cfg.security.secrets) {
             stack.stages.push(Box::new(Encrypt {
                 ring,
-                local: ctx.local.clone(),
+                local_address: ctx.local_address.clone(),
                 window_ms: cfg.security.replay_window_ms,
                 cache: cfg.security.replay_cache,
                 guards: Mutex::new(HashMap::new()),
@@ -182,16 +182,24 @@ impl Stack {
         Ok(msgs)
     }
 
-    /// Runs a message up the stack; returns what reaches the application.
-    pub fn inbound(&self, msg: InMessage, stats: &Stats) -> Vec<InMessage> {
+    /// Runs a message up the stack; returns what reaches the application, and whether a stage
+    /// refused it (as opposed to holding it back for reassembly or ordering).
+    pub fn inbound(&self, msg: InMessage, stats: &Stats) -> (Vec<InMessage>, bool) {
         self.inbound_from(self.stages.len(), vec![msg], stats)
     }
 
-    fn inbound_from(&self, top: usize, mut msgs: Vec<InMessage>, stats: &Stats) -> Vec<InMessage> {
+    fn inbound_from(
+        &self,
+        top: usize,
+        mut msgs: Vec<InMessage>,
+        stats: &Stats,
+    ) -> (Vec<InMessage>, bool) {
+        let mut refused = false;
         for stage in self.stages[..top].iter().rev() {
             let mut next = Vec::with_capacity(msgs.len());
             for m in msgs {
                 if let Err(why) = stage.inbound(m, &mut next) {
+                    refused = true;
                     stats::inc(&stats.rejected_by_interceptors);
                     log::debug!(target: LOG, "{} dropped a message: {why}", stage.name());
                 }
@@ -201,7 +209,7 @@ impl Stack {
                 break;
             }
         }
-        msgs
+        (msgs, refused)
     }
 
     /// Housekeeping: returns messages released by expiry, already run through the rest of the stack.
@@ -211,7 +219,7 @@ impl Stack {
             let mut released = Vec::new();
             stage.tick(now, &mut released);
             if !released.is_empty() {
-                delivered.extend(self.inbound_from(i, released, stats));
+                delivered.extend(self.inbound_from(i, released, stats).0);
             }
         }
         delivered
@@ -708,12 +716,13 @@ impl Interceptor for DomainFilter {
 /// messages that fail, that are replays, or whose timestamps are outside the window.
 struct Encrypt {
     ring: KeyRing,
-    local: MemberKey,
+    /// The local member packet, as sent in every message's address field.
+    local_address: Arc<[u8]>,
     window_ms: u64,
     cache: usize,
     /// One replay memory per sender: a sender's timestamps only grow, so the eviction rule never
     /// refuses a genuine message of another, slower member.
-    guards: Mutex<HashMap<GuardKey, ReplayGuard>>,
+    guards: Mutex<HashMap<GuardKey, (ReplayGuard, Instant)>>,
     stats: Arc<Stats>,
 }
 
@@ -723,13 +732,7 @@ impl Interceptor for Encrypt {
     }
 
     fn outbound(&self, mut msg: OutMessage, out: &mut Vec<OutMessage>) -> Result<()> {
-        let aad = envelope::aad(
-            msg.options,
-            &msg.unique_id,
-            &self.local.host,
-            self.local.port,
-            &self.local.unique_id,
-        );
+        let aad = envelope::aad(msg.options, &msg.unique_id, &self.local_address);
         msg.payload = envelope::seal(&self.ring, now_ms(), &aad, &msg.payload);
         out.push(msg);
         Ok(())
@@ -740,8 +743,7 @@ impl Interceptor for Encrypt {
         mut msg: InMessage,
         out: &mut Vec<InMessage>,
     ) -> std::result::Result<(), String> {
-        let p = &msg.sender.packet;
-        let aad = envelope::aad(msg.options, &msg.unique_id, &p.host, p.port, &p.unique_id);
+        let aad = envelope::aad(msg.options, &msg.unique_id, &msg.sender.encoded);
         let (nonce, timestamp_ms) =
             match envelope::open_in_place(&self.ring, &aad, &mut msg.payload) {
                 Ok(o) => o,
@@ -751,14 +753,18 @@ impl Interceptor for Encrypt {
                 }
             };
         let key = guard_key(&msg.sender);
+        let now = Instant::now();
         let mut guards = self.guards.lock();
         if guards.len() >= 4096 && !guards.contains_key(&key) {
-            // Bounded: only authenticated senders get here, but keep memory bounded regardless.
-            guards.clear();
+            // Memory of a sender silent for longer than the window is no longer needed: every
+            // message it sent is outside the window by now.
+            let window = Duration::from_millis(self.window_ms);
+            guards.retain(|_, (_, seen)| now.saturating_duration_since(*seen) <= window);
         }
-        let guard = guards
+        let (guard, seen) = guards
             .entry(key)
-            .or_insert_with(|| ReplayGuard::new(self.window_ms, self.cache));
+            .or_insert_with(|| (ReplayGuard::new(self.window_ms, self.cache), now));
+        *seen = now;
         if let Err(e) = guard.check(&nonce, timestamp_ms, now_ms()) {
             stats::inc(&self.stats.rejected_replay);
             return Err(format!("from {}: {e}", msg.sender));
@@ -768,9 +774,8 @@ impl Interceptor for Encrypt {
         Ok(())
     }
 
-    fn member_gone(&self, member: &Member) {
-        self.guards.lock().remove(&guard_key(member));
-    }
+    // No member_gone: a departed sender's nonces are kept until they leave the window, so its
+    // captured messages cannot be replayed right after it left.
 }
 
 /// A sender's identity without allocating: port and unique id (the host is bound in the AAD).

@@ -118,12 +118,14 @@ impl Inbound for Shared {
         };
         if self.stack.is_transparent() {
             self.deliver(incoming, events);
-        } else {
-            for m in self.stack.inbound(incoming, &self.stats) {
-                self.deliver(m, events);
-            }
+            return true;
         }
-        true
+        let (delivered, refused) = self.stack.inbound(incoming, &self.stats);
+        for m in delivered {
+            self.deliver(m, events);
+        }
+        // A refused message (bad key, replay, bad trailer) answers a synchronised sender with NACK.
+        !refused
     }
 }
 
@@ -153,11 +155,7 @@ impl Channel {
         Stack::build(
             &cfg,
             &StackContext {
-                local: MemberKey {
-                    host: vec![127, 0, 0, 1],
-                    port: 0,
-                    unique_id: [0; 16],
-                },
+                local_address: Arc::from(&b""[..]),
                 stats: Arc::new(Stats::default()),
             },
         )?;
@@ -237,7 +235,7 @@ impl Channel {
         let stack = Stack::build(
             cfg,
             &StackContext {
-                local: local_member.key(),
+                local_address: local_member.encoded.clone(),
                 stats: self.stats.clone(),
             },
         )?;

@@ -3,7 +3,7 @@
 //! ```text
 //! 0x54 'T' | version 1 | key id (4) | nonce (12) | AES-256-GCM( timestamp (8, BE ms) ‖ payload ) + tag (16)
 //! ```
-//! The AAD binds the message to its header: `"tribes-msg" ‖ options ‖ unique id ‖ sender identity`,
+//! The AAD binds the message to its header: `"tribes-msg" ‖ options ‖ unique id ‖ sender packet`,
 //! so a captured message cannot be re-sent under other options or as from another member.
 
 use ring::aead::{Aad, Nonce};
@@ -21,22 +21,14 @@ pub const TAG_LEN: usize = 16;
 /// Smallest valid envelope: header, timestamp, tag.
 pub const MIN_LEN: usize = HEADER_LEN + 8 + TAG_LEN;
 
-/// The additional authenticated data of a message.
-pub fn aad(
-    options: u32,
-    unique_id: &[u8],
-    sender_host: &[u8],
-    sender_port: i32,
-    sender_uid: &[u8],
-) -> Vec<u8> {
-    let mut a =
-        Vec::with_capacity(10 + 4 + unique_id.len() + sender_host.len() + 4 + sender_uid.len());
+/// The additional authenticated data of a message: its options, its unique id and the sender's
+/// whole member packet (identity, alive time, domain, payload), exactly as carried in the frame.
+pub fn aad(options: u32, unique_id: &[u8], sender_packet: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(10 + 4 + unique_id.len() + sender_packet.len());
     a.extend_from_slice(b"tribes-msg");
     a.extend_from_slice(&options.to_be_bytes());
     a.extend_from_slice(unique_id);
-    a.extend_from_slice(sender_host);
-    a.extend_from_slice(&sender_port.to_be_bytes());
-    a.extend_from_slice(sender_uid);
+    a.extend_from_slice(sender_packet);
     a
 }
 
@@ -129,12 +121,12 @@ mod tests {
     #[test]
     fn seal_open_round_trip_and_binding() {
         let r = ring();
-        let a = aad(3, &[1; 16], &[127, 0, 0, 1], 4000, &[2; 16]);
+        let a = aad(3, &[1; 16], b"sender packet");
         let env = seal(&r, 42, &a, b"hello");
         let o = open(&r, &a, &env).expect("opens");
         assert_eq!((o.timestamp_ms, &o.payload[..]), (42, &b"hello"[..]));
         // Another option word, sender or key: refused.
-        let other = aad(2, &[1; 16], &[127, 0, 0, 1], 4000, &[2; 16]);
+        let other = aad(2, &[1; 16], b"sender packet");
         assert_eq!(open(&r, &other, &env), Err(SecurityError::BadTag));
         let wrong = KeyRing::new(&["another-secret-value"]).expect("ring");
         assert_eq!(open(&wrong, &a, &env), Err(SecurityError::UnknownKey));
