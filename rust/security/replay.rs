@@ -5,13 +5,35 @@
 //! timestamp already forgotten (an evicted nonce could otherwise be replayed).
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Nonces are random and only reach the guard after their message authenticated, so an attacker
+/// cannot choose them: their own bytes are a good hash, and much cheaper than SipHash.
+#[derive(Default)]
+struct NonceHasher(u64);
+
+impl Hasher for NonceHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(17) ^ u64::from_le_bytes(b);
+        }
+    }
+}
+
+type NonceSet = HashSet<[u8; 12], BuildHasherDefault<NonceHasher>>;
 
 /// Bounded replay memory.
 #[derive(Debug)]
 pub struct ReplayGuard {
     window_ms: i64,
     capacity: usize,
-    seen: HashSet<[u8; 12]>,
+    seen: NonceSet,
     order: VecDeque<([u8; 12], i64)>,
     evicted_max_ts: i64,
 }
@@ -22,7 +44,7 @@ impl ReplayGuard {
         ReplayGuard {
             window_ms: i64::try_from(window_ms).unwrap_or(i64::MAX),
             capacity: capacity.max(1),
-            seen: HashSet::with_capacity(capacity.min(1 << 16)),
+            seen: NonceSet::with_capacity_and_hasher(capacity.min(1 << 16), Default::default()),
             order: VecDeque::with_capacity(capacity.min(1 << 16)),
             evicted_max_ts: i64::MIN,
         }
