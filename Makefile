@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help setup demo test test-rust test-python lint lint-rust lint-python bench bench-quick clean
+.PHONY: help setup demo test test-rust test-python fuzz-smoke lint lint-rust lint-python bench bench-quick clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,13 +21,16 @@ setup: $(PY) ## venv + tribes (release build) + test and lint tools
 demo: setup ## the main job
 	$(VENV)/bin/tribes members --local --seconds 5
 
-test: setup lint test-rust test-python ## everything CI runs
+test: setup lint test-rust test-python fuzz-smoke ## everything CI runs
 
 test-rust: ## cargo tests of the core (no Python needed)
 	cargo test --locked -q
 
 test-python: ## pytest, real processes and sockets on loopback
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+fuzz-smoke: ## every decoder under libFuzzer for a few seconds (cargo-fuzz on stable via RUSTC_BOOTSTRAP)
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-10} bash .ci/fuzz-smoke.sh
 
 lint: lint-rust lint-python ## formatters, linters, type checks
 
