@@ -7,6 +7,8 @@
 //! - [`config`]: the core's configuration, deserialised from the JSON the Python layer writes.
 //! - [`membership`]: multicast heartbeats, static members, the member table and expiry.
 //! - [`transport`]: the TCP receiver (framing, acks) and the sender pool (per-member connections).
+//! - [`session`]: the session attribute value codec (msgpack-compatible; more of the session
+//!   layer comes with the session managers).
 //! - [`channel`]: the interceptor stack and [`channel::Channel`], which owns runtime, transport and
 //!   membership and is what the bindings drive.
 //! - [`events`]: the bounded queue of events for Python, and the log forwarding.
@@ -19,6 +21,7 @@ pub mod events;
 pub mod member;
 pub mod membership;
 pub mod security;
+pub mod session;
 pub mod stats;
 pub mod transport;
 pub mod wire;

@@ -4,6 +4,8 @@
 //! GIL. Network tasks never call Python: the dispatcher thread in `tribes.cluster` drains events
 //! through [`CoreChannel::next_events`] and runs the callbacks.
 
+mod codec;
+
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -389,5 +391,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(drain_logs, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(codec::encode_value, m)?)?;
+    m.add_function(wrap_pyfunction!(codec::decode_value, m)?)?;
     Ok(())
 }

@@ -1,0 +1,478 @@
+"""The session value codec (tribes.codec): round trips that keep types, clear errors, hostile bytes.
+
+The codec is msgpack plus ext types (table in rust/session/codec.rs); these tests go through the Python
+API, which converts straight between Python objects and bytes in Rust.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import math
+import uuid
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tribes import codec
+from tribes.errors import ProtocolError
+
+MAX_DEPTH = 64
+
+# --------------------------------------------------------------------------------------------------
+# Comparison that sees what == hides: types, -0.0, NaN, tz offsets, fold, dict order
+# --------------------------------------------------------------------------------------------------
+
+
+def same(a: Any, b: Any) -> bool:
+    """True when ``b`` is ``a`` come back: same types all the way down, same values, NaN == NaN."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        if math.isnan(a):
+            return math.isnan(b)
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    if isinstance(a, Decimal):
+        return str(a) == str(b)  # sNaN cannot be compared with ==; str keeps the sign of zero too
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return len(a) == len(b) and all(
+            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True)
+        )
+    if isinstance(a, (set, frozenset)):
+        # Equal sets encode to equal bytes (items sorted by their encoding); NaN items compare too.
+        return len(a) == len(b) and codec.dumps(a) == codec.dumps(b)
+    if isinstance(a, (datetime, time)):
+        return (
+            a == b
+            and a.fold == b.fold
+            and a.utcoffset() == b.utcoffset()
+            and (a.tzinfo is None) == (b.tzinfo is None)
+        )
+    return bool(a == b)
+
+
+# --------------------------------------------------------------------------------------------------
+# Strategies
+# --------------------------------------------------------------------------------------------------
+
+offsets = st.timedeltas(
+    min_value=-timedelta(hours=24) + timedelta(microseconds=1),
+    max_value=timedelta(hours=24) - timedelta(microseconds=1),
+)
+tzinfos = st.one_of(st.none(), st.just(UTC), st.builds(timezone, offsets))
+# Any int, including ones far beyond 64 bits (shifted by up to 300 bits) and the 64-bit edges.
+big_ints = st.one_of(
+    st.integers(),
+    st.tuples(st.integers(), st.integers(0, 300)).map(lambda t: t[0] << t[1]),
+    st.sampled_from([63, 64, 200]).flatmap(lambda b: st.sampled_from([2**b - 1, 2**b, -(2**b), -(2**b) - 1])),
+)
+hashable_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    big_ints,
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(),
+    st.binary(),
+    st.datetimes(timezones=tzinfos, allow_imaginary=True),
+    st.dates(),
+    st.times(timezones=tzinfos),
+    st.timedeltas(),
+    st.uuids(),
+    st.decimals(allow_nan=False, allow_infinity=True),
+    st.sampled_from([Decimal("NaN"), Decimal("-0"), Decimal("1E+999"), Decimal("-0.000")]),
+)
+hashables = st.recursive(
+    hashable_leaves,
+    lambda inner: st.one_of(st.tuples(inner, inner), st.frozensets(inner, max_size=4)),
+    max_leaves=8,
+)
+leaves = st.one_of(hashable_leaves, st.just(Decimal("sNaN")))
+values = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.lists(inner, max_size=5).map(tuple),
+        st.dictionaries(hashables, inner, max_size=5),
+        st.sets(hashables, max_size=5),
+        st.frozensets(hashables, max_size=5),
+    ),
+    max_leaves=25,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Round trips
+# --------------------------------------------------------------------------------------------------
+
+
+@given(values)
+def test_round_trip_keeps_values_and_types(value: Any) -> None:
+    data = codec.dumps(value)
+    back = codec.loads(data)
+    assert same(value, back), (value, back)
+    assert codec.dumps(back) == data
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        False,
+        0,
+        -1,
+        2**63 - 1,
+        2**63,
+        2**64 - 1,
+        2**64,
+        -(2**63) - 1,
+        2**200,
+        -(2**200),
+        0.0,
+        -0.0,
+        float("inf"),
+        float("-inf"),
+        1e-310,
+        "",
+        "héllo wörld ✓ 𝄞 日本語",
+        b"",
+        b"\x00\xff" * 100,
+        [],
+        (),
+        (1,),
+        ((1, 2), [3, (4,)]),
+        [(1, 2)],
+        {"a": (1, 2), (1, "k"): [1], 3: {4: 5}, None: set(), frozenset({1}): frozenset()},
+        {1, 2, 3},
+        frozenset({"a", (1, 2), frozenset({3})}),
+        date(1, 1, 1),
+        date(9999, 12, 31),
+        datetime(2024, 2, 29, 23, 59, 59, 999999),
+        datetime(2024, 7, 1, 12, tzinfo=UTC),
+        datetime(2024, 7, 1, 12, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2024, 7, 1, 12, tzinfo=timezone(-timedelta(hours=23, minutes=59, microseconds=1))),
+        datetime(2024, 11, 3, 1, 30, fold=1),
+        time(0, 0),
+        time(23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5)), fold=1),
+        timedelta(0),
+        timedelta(days=-999999999),
+        timedelta(days=999999999, seconds=86399, microseconds=999999),
+        uuid.UUID(int=0),
+        uuid.UUID(int=2**128 - 1),
+        uuid.uuid4(),
+        Decimal("9.99"),
+        Decimal("-0"),
+        Decimal("1E+999999999"),
+        Decimal("-Infinity"),
+        Decimal("NaN123"),
+        Decimal("sNaN"),
+        Decimal("0." + "1" * 200),
+    ],
+    ids=repr,
+)
+def test_round_trip_examples(value: Any) -> None:
+    back = codec.loads(codec.dumps(value))
+    assert same(value, back), (value, back)
+
+
+def test_nan_comes_back_as_nan() -> None:
+    back = codec.loads(codec.dumps([float("nan"), {"x": float("nan")}]))
+    assert isinstance(back, list)
+    assert math.isnan(back[0]) and math.isnan(back[1]["x"])
+
+
+def test_containers_keep_their_types() -> None:
+    value = {"t": (1, [2, (3,)]), "s": {1, 2}, "f": frozenset({(1, 2)}), "l": [(), set()]}
+    back = codec.loads(codec.dumps(value))
+    assert back == value
+    assert isinstance(back, dict)
+    assert type(back["t"]) is tuple and type(back["t"][1]) is list and type(back["t"][1][1]) is tuple
+    assert type(back["s"]) is set and type(back["f"]) is frozenset
+    assert type(next(iter(back["f"]))) is tuple
+    assert type(back["l"][0]) is tuple and type(back["l"][1]) is set
+
+
+def test_dict_order_and_any_hashable_keys_are_kept() -> None:
+    value = {3: "c", "b": 2, (1, 2): "t", None: 0, 1.5: "f", frozenset({1}): "fs", b"k": "b"}
+    back = codec.loads(codec.dumps(value))
+    assert isinstance(back, dict)
+    assert list(back.items()) == list(value.items())
+
+
+def test_aware_datetime_keeps_its_offset_not_its_zone() -> None:
+    zoneinfo = pytest.importorskip("zoneinfo")
+    try:
+        paris = zoneinfo.ZoneInfo("Europe/Paris")
+    except zoneinfo.ZoneInfoNotFoundError:
+        pytest.skip("no time zone database")
+    summer = datetime(2024, 7, 1, 12, 30, tzinfo=paris)
+    back = codec.loads(codec.dumps(summer))
+    assert isinstance(back, datetime)
+    assert back == summer  # the same instant
+    assert back.replace(tzinfo=None) == summer.replace(tzinfo=None)  # the same wall clock
+    assert back.tzinfo == timezone(timedelta(hours=2))  # a fixed offset, not Europe/Paris
+    winter = codec.loads(codec.dumps(datetime(2024, 1, 1, tzinfo=paris)))
+    assert isinstance(winter, datetime) and winter.utcoffset() == timedelta(hours=1)
+
+
+def test_utc_comes_back_as_timezone_utc() -> None:
+    back = codec.loads(codec.dumps(datetime(2024, 1, 1, tzinfo=timezone(timedelta(0)))))
+    assert isinstance(back, datetime) and back.tzinfo is UTC
+
+
+def test_equal_sets_encode_to_equal_bytes() -> None:
+    # Same items, different insertion and deletion history: iteration order differs, bytes do not.
+    a = {f"item-{i}" for i in range(50)}
+    b = set(reversed(sorted(a)))
+    for i in range(1000):
+        b.add(i)
+    for i in range(1000):
+        b.discard(i)
+    assert a == b
+    assert codec.dumps(a) == codec.dumps(b)
+    assert codec.dumps(frozenset(a)) == codec.dumps(frozenset(b))
+
+
+# --------------------------------------------------------------------------------------------------
+# The format: plain msgpack where msgpack has the type, documented ext types otherwise
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hex_bytes", "expected"),
+    [
+        # The msgpack spec's own example: {"compact": true, "schema": 0}.
+        ("82 a7 636f6d70616374 c3 a6 736368656d61 00", {"compact": True, "schema": 0}),
+        # Forms other encoders write that this encoder does not: uint32 1, str8, float32, array16,
+        # map32, int64 -1, bin8.
+        ("ce00000001", 1),
+        ("d90161", "a"),
+        ("ca3fc00000", 1.5),
+        ("dc0002c0c3", [None, True]),
+        ("df00000001 a161 d3ffffffffffffffff", {"a": -1}),
+        ("c40100", b"\x00"),
+        ("cf ffffffffffffffff", 2**64 - 1),
+        # The msgpack timestamp extension (-1): an aware UTC datetime.
+        ("d6ff 65937d25", datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)),
+    ],
+)
+def test_plain_msgpack_decodes(hex_bytes: str, expected: Any) -> None:
+    assert same(codec.loads(bytes.fromhex(hex_bytes)), expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "hex_bytes"),
+    [
+        ({"a": 1}, "81 a161 01"),
+        ([None, True, -1, 200], "94 c0 c3 ff ccc8"),
+        (1.5, "cb 3ff8000000000000"),
+        (b"\x01", "c4 01 01"),
+        ((1, 2), "c7 03 02 920102"),  # ext 2 holding the array
+        (set(), "d4 03 90"),  # ext 3
+        (frozenset(), "d4 04 90"),  # ext 4
+        (2**64, "c7 09 01 010000000000000000"),  # ext 1, two's complement
+        (date(2024, 2, 29), "d6 06 07e8021d"),  # ext 6
+        (datetime(2024, 7, 1, 12, 30, 15, 250000), "c7 0a 05 07e8 07 01 0c 1e 0f 03d090"),  # ext 5
+        (
+            datetime(2024, 7, 1, 12, 30, 15, 250000, tzinfo=timezone(timedelta(hours=-5))),
+            "c7 0e 05 07e8 07 01 0c 1e 0f 03d090 ffffb9b0",  # + offset, i32 seconds
+        ),
+        (time(1, 2, 3, 4, fold=1), "c7 06 07 810203000004"),  # ext 7, fold in bit 7 of the hour
+        (timedelta(days=-1, seconds=5, microseconds=6), "c7 0c 08 ffffffff 00000005 00000006"),
+        (uuid.UUID(int=1), "d8 09 " + "00" * 15 + "01"),  # ext 9
+        (Decimal("9.99"), "d6 0a 392e3939"),  # ext 10, the str
+    ],
+    ids=repr,
+)
+def test_encodings_are_as_documented(value: Any, hex_bytes: str) -> None:
+    assert codec.dumps(value).hex() == hex_bytes.replace(" ", "")
+
+
+def test_typical_session_change_is_smaller_than_pickle() -> None:
+    import pickle
+
+    change = {
+        "user": "alice",
+        "cart": [{"sku": f"A-{i}", "qty": 2, "price": Decimal("9.99")} for i in range(5)],
+        "last_seen": datetime(2024, 7, 1, tzinfo=UTC),
+        "flags": {"beta", "vip"},
+        "visits": 42,
+    }
+    assert len(codec.dumps(change)) < len(pickle.dumps(change, protocol=5)) * 0.7
+
+
+# --------------------------------------------------------------------------------------------------
+# What cannot be encoded
+# --------------------------------------------------------------------------------------------------
+
+
+class Foo:
+    """An application class: not encodable by the safe codec."""
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+@pytest.mark.parametrize(
+    ("value", "type_name", "where"),
+    [
+        (object(), "object", ""),
+        (Foo(), "Foo", ""),
+        (lambda: 1, "function", ""),
+        ({"a": [1, {"b": Foo()}]}, "Foo", "cart['a'][1]['b']"),
+        ([1, 2, object()], "object", "cart[2]"),
+        ({Foo(): 1}, "Foo", "cart (a dict key)"),
+        (bytearray(b"x"), "bytearray", ""),
+        (1j, "complex", ""),
+        (range(3), "range", ""),
+    ],
+    ids=["object", "instance", "lambda", "nested", "list-item", "dict-key", "bytearray", "complex", "range"],
+)
+def test_unsupported_types_are_a_type_error_naming_attribute_and_type(
+    value: Any, type_name: str, where: str
+) -> None:
+    with pytest.raises(TypeError) as info:
+        codec.dumps(value, "cart")
+    message = str(info.value)
+    assert message.startswith("session attribute 'cart': cannot encode a value of type ")
+    assert f"type {type_name}" in message
+    assert where in message
+    assert "allowed: None, bool, int, float, str, bytes, list, tuple, dict, set" in message
+    assert 'serializer="pickle"' in message
+
+
+@pytest.mark.parametrize(
+    ("value", "base"),
+    [
+        (collections.OrderedDict(a=1), "dict"),
+        (collections.defaultdict(list), "dict"),
+        (Point(1, 2), "tuple"),
+        (Colour.RED, "int"),
+        (type("MyStr", (str,), {})("x"), "str"),
+    ],
+    ids=["OrderedDict", "defaultdict", "namedtuple", "IntEnum", "str-subclass"],
+)
+def test_subclasses_are_refused_with_a_hint(value: Any, base: str) -> None:
+    with pytest.raises(TypeError, match=f"a subclass of {base} is not accepted"):
+        codec.dumps(value, "x")
+
+
+def test_default_name_is_value() -> None:
+    with pytest.raises(TypeError, match=r"^session attribute 'value': "):
+        codec.dumps(object())
+
+
+def test_nesting_limit_on_encode() -> None:
+    ok: Any = None
+    for _ in range(MAX_DEPTH):
+        ok = [ok]
+    assert same(codec.loads(codec.dumps(ok)), ok)
+    with pytest.raises(ValueError, match="nested deeper than 64"):
+        codec.dumps([ok], "deep")
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    with pytest.raises(ValueError, match="session attribute 'loop': containers nested deeper"):
+        codec.dumps(cyclic, "loop")
+    very_deep: Any = None
+    for _ in range(100_000):
+        very_deep = {"k": very_deep}
+    with pytest.raises(ValueError):
+        codec.dumps(very_deep)
+
+
+def test_lone_surrogates_are_a_value_error() -> None:
+    with pytest.raises(ValueError, match="surrogates"):
+        codec.dumps({"x": "\ud800"}, "name")
+
+
+# --------------------------------------------------------------------------------------------------
+# Hostile bytes
+# --------------------------------------------------------------------------------------------------
+
+
+@given(values)
+def test_every_truncation_is_a_protocol_error(value: Any) -> None:
+    data = codec.dumps(value)
+    for cut in range(len(data)):
+        with pytest.raises(ProtocolError):
+            codec.loads(data[:cut])
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
+    try:
+        value = codec.loads(data)
+    except ProtocolError:
+        return
+    # Whatever decodes is a supported value: it encodes again.
+    codec.dumps(value)
+
+
+@given(values, st.data())
+def test_corrupted_encodings_decode_or_raise_protocol_error(value: Any, data: st.DataObject) -> None:
+    raw = bytearray(codec.dumps(value))
+    at = data.draw(st.integers(0, len(raw) - 1))
+    raw[at] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(ProtocolError):
+        codec.loads(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    "hex_bytes",
+    [
+        "",  # nothing
+        "c1",  # reserved
+        "c0c0",  # trailing bytes
+        "a2fffe",  # not UTF-8
+        "d47f00",  # unknown ext type
+        "dd ffffffff",  # array of 4 G items in 5 bytes
+        "db ffffffff 61",  # str of 4 GiB in 6 bytes
+        "81 90 c0",  # {[]: None}: an unhashable key
+        "d4 03 90".replace("90", "91 90"),  # a set holding a list
+        "d6 06 07e8 021e",  # 30 February
+        "c7 0e 05 07e8 07 01 0c 1e 0f 03d090 00015180",  # offset of +24 h
+        "d6 0a 312e2e32",  # Decimal "1..2"
+        "c7 00 01",  # empty big int
+        "d5 09 0000",  # UUID of 2 bytes
+    ],
+)
+def test_malformed_bytes_are_protocol_errors(hex_bytes: str) -> None:
+    with pytest.raises(ProtocolError, match="cannot decode a session value"):
+        codec.loads(bytes.fromhex(hex_bytes.replace(" ", "")))
+
+
+def test_nesting_limit_on_decode() -> None:
+    ok = b"\x91" * MAX_DEPTH + b"\xc0"
+    assert codec.loads(ok) is not None
+    with pytest.raises(ProtocolError, match="nested deeper than 64"):
+        codec.loads(b"\x91" + ok)
+    # A million levels: a clear error, no stack overflow.
+    with pytest.raises(ProtocolError, match="nested deeper than 64"):
+        codec.loads(b"\x91" * 1_000_000 + b"\xc0")
+    # Tuples nest through ext payloads; they count too.
+    nested = b"\xc0"
+    for _ in range(MAX_DEPTH + 1):
+        payload = b"\x91" + nested
+        nested = b"\xc9" + len(payload).to_bytes(4, "big") + b"\x02" + payload
+    with pytest.raises(ProtocolError, match="nested deeper than 64"):
+        codec.loads(nested)
+
+
+def test_protocol_error_is_a_tribes_error() -> None:
+    from tribes.errors import TribesError
+
+    with pytest.raises(TribesError):
+        codec.loads(b"\xc1")
