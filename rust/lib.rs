@@ -7,6 +7,8 @@
 //! - [`config`]: the core's configuration, deserialised from the JSON the Python layer writes.
 //! - [`membership`]: multicast heartbeats, static members, the member table and expiry.
 //! - [`transport`]: the TCP receiver (framing, acks) and the sender pool (per-member connections).
+//! - [`security`]: shared-secret keys, the encrypted message envelope, replay protection, the
+//!   membership packet tag, Tomcat's EncryptInterceptor format.
 //! - [`session`]: the session attribute value codec (msgpack-compatible; more of the session
 //!   layer comes with the session managers).
 //! - [`channel`]: the interceptor stack and [`channel::Channel`], which owns runtime, transport and
