@@ -262,8 +262,8 @@ impl CoreConfig {
         if self.receiver.auto_bind == 0 {
             return bad("receiver.auto_bind", "must be at least 1".into());
         }
-        if self.receiver.max_frame < 1024 {
-            return bad("receiver.max_frame", "must be at least 1024".into());
+        if !(1024..=1 << 30).contains(&self.receiver.max_frame) {
+            return bad("receiver.max_frame", "must be 1024..1073741824".into());
         }
         if self.worker_threads == 0 || self.worker_threads > 64 {
             return bad("worker_threads", "must be 1..64".into());

@@ -14,12 +14,7 @@ use std::path::{Path, PathBuf};
 /// Crash inputs (`<target>/crash-*`) whose panic is not fixed yet: replayed by
 /// [`open_crashes_still_panic`] instead, which fails once the core is fixed, so the entry is
 /// then removed from this list and the input becomes an ordinary regression test.
-const OPEN_CRASHES: &[&str] = &[
-    // rust/channel/interceptors.rs (Compression::inbound): `self.max_out as u64 + 1` overflows
-    // when receiver.max_frame >= 2^58 (max_out = max_frame.saturating_mul(64) = usize::MAX) and a
-    // message carries the gzip bit. CoreConfig::validate sets no upper bound on max_frame.
-    "config_json/crash-gzip-max-out-overflow",
-];
+const OPEN_CRASHES: &[&str] = &[];
 
 fn corpus_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/fuzz")
