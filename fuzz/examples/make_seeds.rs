@@ -121,7 +121,7 @@ fn main() {
         add("send_options", s.as_bytes().to_vec());
     }
 
-    let aad = envelope::aad(3, &[1; 16], &[127, 0, 0, 1], 4000, &[2; 16]);
+    let aad = envelope::aad(3, &[1; 16], &golden_member[..30]);
     for payload in [&b""[..], b"hello", lorem] {
         let sealed = envelope::seal(ring(), 5, &aad[..aad.len().min(63)], payload);
         add(

@@ -598,8 +598,8 @@ impl Interceptor for Compression {
         out: &mut Vec<InMessage>,
     ) -> std::result::Result<(), String> {
         if msg.options & COMPRESSED_GZIP != 0 {
-            let mut dec =
-                flate2::read::GzDecoder::new(&msg.payload[..]).take((self.max_out as u64).saturating_add(1));
+            let mut dec = flate2::read::GzDecoder::new(&msg.payload[..])
+                .take((self.max_out as u64).saturating_add(1));
             let mut plain = Vec::with_capacity(msg.payload.len() * 2);
             dec.read_to_end(&mut plain)
                 .map_err(|e| format!("bad gzip data: {e}"))?;
