@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -28,12 +27,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tribes
+from support.wire import (
+    ACK_FRAME,
+    FRAME_END,
+    FRAME_START,
+    LOOPBACK,
+    MCAST_ADDRESS,
+    NACK_FRAME,
+    OPT_BYTE_MESSAGE,
+    OPT_USE_ACK,
+    VECTORS,
+    channel_data,
+    frame,
+    mcast_sender,
+    member_packet,
+    raw_exchange,
+)
 
 pytestmark = pytest.mark.timeout(90)
-
-LOOPBACK = "127.0.0.1"
-MCAST_ADDRESS = "228.0.0.4"  # ClusterConfig's default group, kept by the local preset
-VECTORS = Path(__file__).parent / "vectors"
 
 #: A member that sent its shutdown heartbeat must be gone on the others this fast (drop time: 1 s).
 STOP_GONE_S = 0.5
@@ -47,92 +58,8 @@ Factory = Callable[..., Any]
 
 
 # --------------------------------------------------------------------------------------------------
-# Wire helpers (Tomcat layouts; checked against tests/vectors by test_wire_helpers_match_vectors)
+# Helpers (frames, ChannelData and member packets come from support.wire)
 # --------------------------------------------------------------------------------------------------
-
-FRAME_START = b"FLT2002"
-FRAME_END = b"TLF2003"
-ACK_FRAME = bytes.fromhex((VECTORS / "ack.hex").read_text().strip())
-NACK_FRAME = bytes.fromhex((VECTORS / "nack.hex").read_text().strip())
-OPT_BYTE_MESSAGE, OPT_USE_ACK = 0x01, 0x02
-
-
-def member_packet(
-    host: str = LOOPBACK,
-    port: int = 4000,
-    unique_id: bytes = bytes(range(16)),
-    alive_ms: int = 0x1234,
-    command: bytes = b"",
-    domain: bytes = b"",
-    payload: bytes = b"",
-) -> bytes:
-    """A Tribes member packet (heartbeat), as McastService sends it."""
-    addr = socket.inet_aton(host)
-    body = (
-        struct.pack(">qiii", alive_ms, port, -1, -1)
-        + bytes([len(addr)])
-        + addr
-        + struct.pack(">i", len(command))
-        + command
-        + struct.pack(">i", len(domain))
-        + domain
-        + unique_id
-        + struct.pack(">i", len(payload))
-        + payload
-    )
-    return b"TRIBES-B\x01\x00" + struct.pack(">i", len(body)) + body + b"TRIBES-E\x01\x00"
-
-
-def frame(body: bytes) -> bytes:
-    """``FLT2002 | int length | body | TLF2003``."""
-    return FRAME_START + struct.pack(">i", len(body)) + body + FRAME_END
-
-
-def channel_data(options: int, timestamp: int, unique_id: bytes, address: bytes, message: bytes) -> bytes:
-    """A ChannelData body: options, timestamp, then length-prefixed id, sender packet and message."""
-    return (
-        struct.pack(">iq", options, timestamp)
-        + struct.pack(">i", len(unique_id))
-        + unique_id
-        + struct.pack(">i", len(address))
-        + address
-        + struct.pack(">i", len(message))
-        + message
-    )
-
-
-def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Connect to 127.0.0.1:port, write ``data``, half-close, and read until the receiver closes.
-
-    The receiver closes a connection once it has handled everything on it (at end of input, or at
-    once for an oversized frame), so when this returns the receiver's counters are final for it.
-    """
-    received = b""
-    with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
-        s.settimeout(timeout)
-        try:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the receiver may close first (oversized frame)
-        for _ in range(10_000):
-            try:
-                chunk = s.recv(4096)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            received += chunk
-    return received
-
-
-def mcast_sender() -> socket.socket:
-    """A UDP socket that sends to the multicast group on the loopback interface only, TTL 0."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(LOOPBACK))
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-    return s
 
 
 def msg_line_for(sender: Any, data: bytes) -> Callable[[str], bool]:
@@ -160,7 +87,7 @@ def connect_all(node: Any, *procs: Any) -> list[Any]:
 
 
 def test_wire_helpers_match_vectors() -> None:
-    """The helpers below build exactly the golden vectors the Rust core is tested against."""
+    """The support.wire helpers build exactly the golden vectors the Rust core is tested against."""
     packet = member_packet("10.0.0.5", 4000, bytes(range(16)), 0x1234, domain=b"d")
     assert packet.hex() == (VECTORS / "member_packet.hex").read_text().strip()
     data = channel_data(8, 1, bytes(range(0xA0, 0xB0)), packet, b"abc")
