@@ -35,11 +35,12 @@ _rng = random.Random()
 
 
 def _udp_port_free(port: int) -> bool:
-    # No SO_REUSEADDR: a wildcard bind collides with any socket on this port, including a multicast
-    # socket bound to (group, port), so a port another cluster on this machine uses is rejected.
+    # No SO_REUSEADDR: this bind collides with a cluster's multicast socket bound to (group, port),
+    # so a port another test's cluster uses is rejected. Bound to the group, never to a wildcard
+    # address (tests bind nothing beyond loopback and the test group); nothing is sent.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            s.bind(("0.0.0.0", port))
+            s.bind(("228.0.0.4", port))
         except OSError:
             return False
     return True
