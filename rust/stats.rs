@@ -89,3 +89,11 @@ pub fn add(c: &AtomicU64, n: u64) {
 pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
+
+/// Adds one to a rejection counter; returns the new count when this rejection should be logged
+/// (the 1st, 2nd, 4th, 8th, ...), so a flood costs a handful of log lines, not one per packet.
+#[inline]
+pub fn inc_rate_limited(c: &AtomicU64) -> Option<u64> {
+    let n = c.fetch_add(1, Ordering::Relaxed) + 1;
+    n.is_power_of_two().then_some(n)
+}

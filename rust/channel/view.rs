@@ -107,13 +107,9 @@ impl ViewTask {
                     && self.table.len() >= self.shared.cfg.membership.max_members
                 {
                     // A flood of made-up members must not grow memory or probes without bound.
-                    let n = self
-                        .shared
-                        .stats
-                        .rejected_members_over_limit
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                        + 1;
-                    if n.is_power_of_two() {
+                    if let Some(n) =
+                        stats::inc_rate_limited(&self.shared.stats.rejected_members_over_limit)
+                    {
                         log::warn!(target: LOG,
                             "ignoring {member}: max_members ({}) reached ({n} ignored so far)",
                             self.shared.cfg.membership.max_members);

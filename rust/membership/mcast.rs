@@ -209,22 +209,13 @@ pub async fn run_receiver(
 }
 
 fn reject(stats: &Stats, from: SocketAddr, why: &str) {
-    let n = stats
-        .rejected_membership_packets
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        + 1;
-    // Rate-limited: the 1st, 2nd, 4th, 8th ... rejection is logged.
-    if n.is_power_of_two() {
+    if let Some(n) = stats::inc_rate_limited(&stats.rejected_membership_packets) {
         log::warn!(target: LOG, "ignored a datagram from {from}: {why} ({n} rejected so far)");
     }
 }
 
 fn reject_auth(stats: &Stats, from: SocketAddr, why: &str) {
-    let n = stats
-        .rejected_membership_auth
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        + 1;
-    if n.is_power_of_two() {
+    if let Some(n) = stats::inc_rate_limited(&stats.rejected_membership_auth) {
         log::warn!(target: LOG,
             "ignored an unauthenticated membership packet from {from}: {why} ({n} so far)");
     }
