@@ -45,6 +45,12 @@ pub enum Error {
     /// The channel is not running.
     #[error("the cluster is not started")]
     NotStarted,
+    /// A session operation that cannot be done (unknown manager, ended session, ...).
+    #[error("{0}")]
+    Session(String),
+    /// `create()` beyond the manager's `max_active`.
+    #[error("{0}")]
+    TooManySessions(String),
 }
 
 /// Result alias for the core.

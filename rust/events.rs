@@ -30,6 +30,8 @@ pub enum Event {
         /// Completion for synchronised acks.
         reply: Option<oneshot::Sender<bool>>,
     },
+    /// A session was created, ended or changed by replication (for session listeners).
+    Session(crate::session::manager::SessionEvent),
     /// An asynchronous send failed for a member after `send()` had returned.
     SendFailed {
         /// The member.

@@ -62,6 +62,10 @@ counters! {
     rejected_members_over_limit,
     /// Inbound connections closed after `idle_timeout_ms` of silence.
     connections_idle_closed,
+    /// Session messages that did not decode (counted, logged, ignored).
+    rejected_session_messages,
+    /// Session messages for a manager this member does not run (counted, logged, ignored).
+    session_messages_unknown_manager,
     /// Heartbeats sent.
     heartbeats_sent,
     /// Heartbeats received from others.

@@ -7,6 +7,10 @@ through a Rust core that speaks Apache Tribes' wire format. Quick start::
     with tribes.Cluster(tribes.ClusterConfig.local()) as cluster:
         cluster.add_message_listener(lambda member, data: print(member, data))
         cluster.send(b"hello")          # to every other member, waiting for their acks
+        shop = cluster.manager("shop")  # a DeltaManager: every member holds every session
+        s = shop.create()
+        s["cart"] = ["apple"]
+        shop.commit(s)                  # replicated to every member before this returns
 """
 
 from __future__ import annotations
@@ -24,23 +28,41 @@ from .config import (
     SenderConfig,
     StaticMember,
 )
-from .errors import ChannelError, ConfigError, NotStartedError, ProtocolError, TribesError
+from .errors import (
+    ChannelError,
+    ConfigError,
+    NotStartedError,
+    ProtocolError,
+    SessionError,
+    TooManySessionsError,
+    TribesError,
+)
+from .manager_config import ManagerConfig
+from .managers import BackupManager, DeltaManager, SessionManager
+from .session import Session
 
 logging.getLogger("tribes").addHandler(logging.NullHandler())
 
 __all__ = [
+    "BackupManager",
     "ChannelError",
     "Cluster",
     "ClusterConfig",
     "ConfigError",
+    "DeltaManager",
     "InterceptorConfig",
+    "ManagerConfig",
     "Member",
     "MembershipConfig",
     "NotStartedError",
     "ProtocolError",
     "ReceiverConfig",
     "SenderConfig",
+    "Session",
+    "SessionError",
+    "SessionManager",
     "StaticMember",
+    "TooManySessionsError",
     "TribesError",
     "__version__",
     "errors",

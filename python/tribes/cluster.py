@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from . import _core
 from .config import ClusterConfig
 from .errors import NotStartedError
+from .managers import SessionManager, manager_class
 
 __all__ = ["Cluster", "Member"]
 
@@ -51,6 +53,8 @@ class Cluster:
         self._membership_listeners: list[tuple[MemberListener | None, MemberListener | None]] = []
         self._error_listeners: list[ErrorListener] = []
         self._membership_changed = threading.Condition()
+        self._managers: dict[str, SessionManager] = {}
+        self._started_at = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -88,8 +92,20 @@ class Cluster:
                 daemon=True,
             )
             self._dispatcher = thread
+            self._started_at = time.monotonic()
             thread.start()
             _log.info("cluster %s started as %s", self._config.name, core.local_member())
+            for name in self._config.managers:
+                if name != "*" and name not in self._managers:
+                    self._managers[name] = self._new_manager(name)
+            managers = list(self._managers.values())
+        if managers:
+            self._settle_membership()
+            for manager in managers:
+                manager._attach(core)
+            for manager in managers:
+                outcome = manager._wait_transfer()
+                _log.info("manager %s: state transfer %s", manager.name, outcome.replace("_", " "))
 
     def stop(self) -> None:
         """Leave the cluster: send the shutdown heartbeat, close every socket, join every thread.
@@ -102,6 +118,8 @@ class Cluster:
             if core is None:
                 return
             core.stop()
+            for manager in self._managers.values():
+                manager._detach()
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=30)
                 if thread.is_alive():  # pragma: no cover - a listener that never returns
@@ -159,6 +177,47 @@ class Cluster:
             if not self._membership_changed.wait_for(lambda: len(self.members) >= count, timeout):
                 raise TimeoutError(f"{len(self.members)} of {count} member(s) joined within {timeout:g} s")
         return self.members
+
+    # -- session managers ----------------------------------------------------------------------------
+
+    def manager(self, name: str) -> SessionManager:
+        """The session manager ``name``: a :class:`~tribes.DeltaManager` or :class:`~tribes.BackupManager`
+        as ``ClusterConfig.managers`` says (``"*"`` is the template for unlisted names; default: delta).
+
+        Created on first use. On a running cluster that first use fetches the sessions the other members
+        hold under this name (state transfer) before it returns; managers named in the configuration are
+        created, and their transfer done, by :meth:`start`.
+        """
+        if not isinstance(name, str) or not 1 <= len(name.encode()) <= 255:
+            raise ValueError(f"a manager name must be 1..255 bytes of text, got {name!r}")
+        with self._lock:
+            manager = self._managers.get(name)
+            if manager is not None:
+                return manager
+            manager = self._new_manager(name)
+            self._managers[name] = manager
+            core = self._core
+        if core is not None:
+            self._settle_membership()
+            manager._attach(core)
+            manager._wait_transfer()
+        return manager
+
+    @property
+    def managers(self) -> dict[str, SessionManager]:
+        """The managers created so far, by name."""
+        return dict(self._managers)
+
+    def _new_manager(self, name: str) -> SessionManager:
+        config = self._config.manager_config(name)
+        return manager_class(config.kind)(self, name, config)
+
+    def _settle_membership(self) -> None:
+        # Tomcat's waitForMembers: give heartbeats two periods to find the others before asking them
+        # for sessions, so a member that starts next to a running cluster does not start empty.
+        wait = 2 * self._config.membership.frequency_ms / 1000.0 - (time.monotonic() - self._started_at)
+        if wait > 0:
+            time.sleep(wait)
 
     # -- messages ------------------------------------------------------------------------------------
 
@@ -254,6 +313,11 @@ class Cluster:
             _call_all(
                 [d for _, d in self._membership_listeners if d is not None], "member-disappeared", event[1]
             )
+        elif kind == "session":
+            _, manager_name, what, sid, name, old, new = event
+            manager = self._managers.get(manager_name)
+            if manager is not None:
+                manager._on_replicated(what, sid, name, old, new)
         elif kind == "send_failed":
             _, member, cause = event
             _log.warning("asynchronous send to %s failed: %s", member, cause)

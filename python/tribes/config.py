@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from .errors import ConfigError
+from .manager_config import ManagerConfig
 
 __all__ = [
     "SEND_OPTION_ASYNCHRONOUS",
@@ -986,6 +987,20 @@ class ClusterConfig:
     event_queue_size: int = field(
         default=65536, metadata=_doc("Capacity of the queue of events (membership, messages) to Python.")
     )
+    route: str | None = field(
+        default=None,
+        metadata=_doc(
+            "This member's route (Tomcat's ``jvmRoute``): new session ids end in ``.<route>`` so a load "
+            "balancer can keep a user on one member. None: no route."
+        ),
+    )
+    managers: Mapping[str, ManagerConfig] = field(
+        default_factory=lambda: _FrozenOptions(),
+        metadata=_doc(
+            "Session managers by name (``[managers.<name>]`` tables, see ManagerConfig); ``\"*\"`` is the "
+            "template for names not listed. Default: every name gets a DeltaManager with defaults."
+        ),
+    )
     unsupported: tuple[str, ...] = field(
         default=(),
         compare=False,
@@ -1021,6 +1036,21 @@ class ClusterConfig:
         _check_int(self.replay_cache, "replay_cache", 1024, 10_000_000)
         _check_int(self.worker_threads, "worker_threads", 1, 256)
         _check_int(self.event_queue_size, "event_queue_size", 1)
+        if self.route is not None:
+            route = _check_str(self.route, "route")
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", route):
+                raise ConfigError(f"must be 1..64 letters, digits, '-' or '_', got {route!r}", "route")
+        managers: object = self.managers
+        if not isinstance(managers, Mapping):
+            raise ConfigError(f"must be a mapping of manager names to settings, got {_show(managers)}", "managers")
+        for key in managers:
+            if not isinstance(key, str) or not 1 <= len(key.encode()) <= 255:
+                raise ConfigError(f"manager names must be 1..255 bytes of text, got {key!r}", "managers")
+        _set(
+            self,
+            "managers",
+            _FrozenOptions({k: ManagerConfig.of(v, k) for k, v in managers.items()}),
+        )
         unsupported: object = self.unsupported
         if isinstance(unsupported, str) or not isinstance(unsupported, Iterable):
             raise ConfigError(f"must be a list of strings, got {_show(unsupported)}", "unsupported")
@@ -1042,6 +1072,10 @@ class ClusterConfig:
     def send_option_bits(self) -> int:
         """``send_options`` as Tomcat's integer bits (``"use_ack,sync"`` → 6)."""
         return send_options_bits(self.send_options)
+
+    def manager_config(self, name: str) -> ManagerConfig:
+        """The settings of manager ``name``: its entry, else the ``"*"`` template, else the defaults."""
+        return self.managers.get(name) or self.managers.get("*") or ManagerConfig()
 
     def interceptor(self, name: str) -> InterceptorConfig | None:
         """The interceptor called ``name``, or None."""
@@ -1198,6 +1232,14 @@ class ClusterConfig:
         self._check_security(self._resolve(), warn=True, secured=self.secured)
 
     def _check_security(self, resolved: _Resolved, warn: bool, secured: bool) -> None:
+        for name, manager in self.managers.items():
+            if manager.serializer == "pickle" and not secured:
+                raise ConfigError(
+                    "pickle is refused without a cluster secret: unpickling runs code chosen by whoever can "
+                    f"send to the cluster. Set a secret ({_ENV_SECRET} or `secret`), or use the default "
+                    "msgpack serializer",
+                    f"managers.{name}.serializer",
+                )
         if secured:
             return
         exposed: list[tuple[str, str]] = []
@@ -1342,9 +1384,11 @@ class ClusterConfig:
             "replay_cache": self.replay_cache,
             "worker_threads": self.worker_threads,
             "event_queue_size": self.event_queue_size,
+            "route": self.route,
             "membership": membership,
             "receiver": plain(self.receiver),
             "sender": plain(self.sender),
+            "managers": {name: m.to_dict() for name, m in self.managers.items()},
             "interceptors": [
                 {
                     "name": i.name,
@@ -1363,7 +1407,7 @@ class ClusterConfig:
         """
         data = self.to_dict(include_secrets=include_secrets)
         lines: list[str] = []
-        sections = ("membership", "receiver", "sender", "interceptors")
+        sections = ("membership", "receiver", "sender", "interceptors", "managers")
         for key, value in data.items():
             if key not in sections and value is not None:
                 lines.append(f"{key} = {_toml_value(value)}")
@@ -1379,6 +1423,9 @@ class ClusterConfig:
             lines += [
                 f"{n} = {_toml_value(v, text=n != 'unique_id')}" for n, v in member.items() if v is not None
             ]
+        for name, manager in data["managers"].items():
+            lines += ["", f"[managers.{_toml_string(name)}]"]
+            lines += [f"{n} = {_toml_value(v)}" for n, v in manager.items() if v is not None]
         for interceptor in data["interceptors"]:
             lines += ["", "[[interceptors]]"]
             lines += [f"{n} = {_toml_value(v)}" for n, v in interceptor.items()]
@@ -1782,6 +1829,7 @@ def config_reference() -> str:
         ("[[membership.static_members]] — StaticMember", StaticMember),
         ("[receiver] — ReceiverConfig", ReceiverConfig),
         ("[sender] — SenderConfig", SenderConfig),
+        ("[managers.<name>] — ManagerConfig", ManagerConfig),
     ):
         out += [f"### {title}", "", "| Field | Default | Description |", "|---|---|---|"]
         for f in dataclasses.fields(cls):
@@ -1789,6 +1837,8 @@ def config_reference() -> str:
                 continue
             if f.default is not dataclasses.MISSING:
                 default = repr(f.default)
+            elif f.name == "managers":
+                default = "{}"
             elif f.default_factory is not dataclasses.MISSING and f.name in ("interceptors",):
                 default = ", ".join(i.name for i in _default_interceptors())
             elif f.default_factory is not dataclasses.MISSING:

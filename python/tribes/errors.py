@@ -23,6 +23,8 @@ __all__ = [
     "FaultyMember",
     "NotStartedError",
     "ProtocolError",
+    "SessionError",
+    "TooManySessionsError",
     "TribesError",
 ]
 
@@ -60,6 +62,14 @@ class ProtocolError(TribesError):
 
 class NotStartedError(TribesError, RuntimeError):
     """An operation that needs a running cluster was called before ``start()`` or after ``stop()``."""
+
+
+class SessionError(TribesError):
+    """A session operation that cannot be done (for example changing the id of a session that ended)."""
+
+
+class TooManySessionsError(SessionError):
+    """``create()`` was refused: the manager already holds ``max_active`` sessions."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ use crate::member::{ip_bytes, new_unique_id, Member, MemberKey};
 use crate::membership::mcast::{self, LocalHeartbeat};
 use crate::membership::{static_members, Heard};
 use crate::security::KeyRing;
+use crate::session::manager::{Manager, Settings};
+use crate::session::message::is_session_message;
+use crate::session::registry::Registry;
 use crate::stats::{self, Stats};
 use crate::transport::probe::now_ms;
 use crate::transport::receiver::{self, Inbound, InboundMessage, ReceiverLimits};
@@ -45,6 +48,10 @@ pub(crate) struct Shared {
     /// The local member's packet, as sent in every message's address field.
     pub(crate) local_address: Arc<[u8]>,
     pub(crate) deliver_messages: AtomicBool,
+    /// The session managers and their worker.
+    pub(crate) sessions: Arc<Registry>,
+    /// The local member's unique id.
+    pub(crate) local_id: [u8; 16],
 }
 
 impl Shared {
@@ -90,6 +97,11 @@ impl Shared {
 
     /// Hands a message that came through the stack to the application.
     pub(crate) fn deliver(&self, msg: InMessage, events: &mut Vec<Event>) {
+        if is_session_message(&msg.payload) {
+            // Applied here, in Rust, without the GIL.
+            self.sessions.handle(&msg.sender, &msg.payload, events);
+            return;
+        }
         stats::inc(&self.stats.messages_delivered);
         if self.deliver_messages.load(Ordering::Relaxed) {
             events.push(Event::Message {
@@ -263,7 +275,16 @@ impl Channel {
             view: RwLock::new(Arc::new(Vec::new())),
             local_address: local_member.encoded.clone(),
             deliver_messages: AtomicBool::new(self.deliver_messages.load(Ordering::Relaxed)),
+            sessions: Arc::new(Registry::new(self.stats.clone())),
+            local_id: unique_id,
         });
+        shared.sessions.start_worker(
+            Link {
+                shared: shared.clone(),
+                handle: runtime.handle().clone(),
+            },
+            &cfg.name,
+        )?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (heard_tx, heard_rx) = mpsc::unbounded_channel::<Heard>();
 
@@ -355,6 +376,8 @@ impl Channel {
                 .runtime
                 .block_on(mcast::send_shutdown(sock, *group, local));
         }
+        // The session worker may be mid-send: it finishes before the transport closes.
+        running.shared.sessions.stop();
         let _ = running.shutdown.send(true);
         running.shared.pool.close_all();
         let Running {
@@ -417,11 +440,46 @@ impl Channel {
     /// (until written); returns at once for async sends when `dispatch` is configured. A failure
     /// for some targets is an [`Error::Channel`] naming each with its cause; the others got it.
     pub fn send(&self, data: &[u8], to: Option<&[MemberKey]>, options: u32) -> Result<()> {
-        let (shared, handle) = {
-            let guard = self.running.lock();
-            let r = guard.as_ref().ok_or(Error::NotStarted)?;
-            (r.shared.clone(), r.runtime.handle().clone())
-        };
+        self.link()?.send(data, to, options)
+    }
+
+    /// The session manager of this name on the running channel, created (and its state transfer
+    /// started) on first use.
+    pub fn manager(&self, name: &str, settings: Settings) -> Result<Arc<Manager>> {
+        let link = self.link()?;
+        let me = link.shared.local_id;
+        let sessions = link.shared.sessions.clone();
+        Ok(sessions.create(name, settings, link, me))
+    }
+
+    /// The session manager of this name, if created.
+    pub fn existing_manager(&self, name: &str) -> Option<Arc<Manager>> {
+        let guard = self.running.lock();
+        guard.as_ref()?.shared.sessions.get(name)
+    }
+
+    /// A handle for sending from other threads while running.
+    pub(crate) fn link(&self) -> Result<Link> {
+        let guard = self.running.lock();
+        let r = guard.as_ref().ok_or(Error::NotStarted)?;
+        Ok(Link {
+            shared: r.shared.clone(),
+            handle: r.runtime.handle().clone(),
+        })
+    }
+}
+
+/// What sends need of a running channel; cheap to clone, usable from any non-runtime thread.
+#[derive(Clone)]
+pub(crate) struct Link {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) handle: tokio::runtime::Handle,
+}
+
+impl Link {
+    /// Sends `data` to `to` (None = every member in the view); see [`Channel::send`].
+    pub(crate) fn send(&self, data: &[u8], to: Option<&[MemberKey]>, options: u32) -> Result<()> {
+        let (shared, handle) = (&self.shared, &self.handle);
         let view = shared.view.read().clone();
         // Destinations that are not (or no longer) members are reported, never sent to; the
         // others still get the message.
@@ -447,12 +505,12 @@ impl Channel {
         let faulty = if targets.is_empty() {
             Vec::new()
         } else {
-            self.send_to(&shared, &handle, data, &targets, options)?
+            self.send_to(shared, handle, data, &targets, options)?
         };
         if faulty.is_empty() && absent.is_empty() {
             return Ok(());
         }
-        stats::add(&self.stats.send_failures, faulty.len() as u64);
+        stats::add(&shared.stats.send_failures, faulty.len() as u64);
         // Tell the failure detector about real send errors (not NACKs).
         for f in faulty.iter().filter(|f| !f.remote_failure) {
             let _ = shared.pool.notify_lost(&f.member, &f.cause);
@@ -557,7 +615,7 @@ impl Channel {
         let Some(tracker) = tracker else {
             return Ok(Vec::new());
         };
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.sender.timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(shared.cfg.sender.timeout_ms);
         Ok(tracker.wait(deadline))
     }
 }

@@ -275,6 +275,7 @@ impl ViewTask {
             stats::inc(&self.shared.stats.members_added);
             log::info!(target: LOG, "member added: {member}");
             self.shared.pool.ensure(&member);
+            self.shared.sessions.member_added(&member);
             self.shared.events.post(Event::MemberAdded(member)).await;
         }
     }
@@ -285,6 +286,7 @@ impl ViewTask {
             log::info!(target: LOG, "member disappeared: {member}");
             self.shared.pool.remove(key);
             self.shared.stack.member_gone(&member);
+            self.shared.sessions.member_gone(&member);
             self.shared
                 .events
                 .post(Event::MemberDisappeared(member))

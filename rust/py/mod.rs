@@ -5,6 +5,7 @@
 //! through [`CoreChannel::next_events`] and runs the callbacks.
 
 mod codec;
+mod session;
 
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
@@ -26,9 +27,11 @@ pyo3::import_exception!(tribes.errors, ConfigError);
 pyo3::import_exception!(tribes.errors, ChannelError);
 pyo3::import_exception!(tribes.errors, ProtocolError);
 pyo3::import_exception!(tribes.errors, NotStartedError);
+pyo3::import_exception!(tribes.errors, SessionError);
+pyo3::import_exception!(tribes.errors, TooManySessionsError);
 
 /// Maps a core error to its `tribes.errors` class.
-fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
+pub(crate) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
     match err {
         Error::Config(msg) => match msg.split_once(": ") {
             // "field: reason" → ConfigError(reason, field), so `err.field` is set.
@@ -40,6 +43,8 @@ fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
         Error::Io { .. } => PyOSError::new_err(err.to_string()),
         Error::Wire(e) => ProtocolError::new_err(e.to_string()),
         Error::NotStarted => NotStartedError::new_err("the cluster is not started"),
+        Error::Session(msg) => SessionError::new_err(msg),
+        Error::TooManySessions(msg) => TooManySessionsError::new_err(msg),
         Error::Channel { message, faulty } => {
             let items: Vec<(PyMember, String)> = faulty
                 .into_iter()
@@ -166,7 +171,7 @@ impl AckToken {
 /// The Rust group channel behind `tribes.Cluster`.
 #[pyclass(module = "tribes._core", frozen)]
 pub struct CoreChannel {
-    inner: Channel,
+    pub(crate) inner: Channel,
 }
 
 fn options_from_py(options: &Bound<'_, PyAny>) -> PyResult<u32> {
@@ -214,6 +219,7 @@ fn event_to_py(py: Python<'_>, ev: Event) -> PyResult<Py<PyAny>> {
                 .into_pyobject(py)?
                 .into_any()
         }
+        Event::Session(e) => return session::session_event_to_py(py, e),
         Event::SendFailed { member, cause } => ("send_failed", PyMember { inner: member }, cause)
             .into_pyobject(py)?
             .into_any(),
@@ -297,6 +303,39 @@ impl CoreChannel {
         // Even an async send may wait for room in a full queue: never hold the GIL meanwhile.
         py.detach(|| self.inner.send(&data, keys.as_deref(), bits))
             .map_err(|e| to_pyerr(py, e))
+    }
+
+    /// The session manager `name`, created on first use with these settings (its state transfer
+    /// starts at once; see `CoreManager.wait_transfer`).
+    #[pyo3(signature = (name, kind, send_options, max_inactive, max_active, batch_size,
+                        state_transfer_timeout_ms, rpc_timeout_ms, route=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn manager(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        kind: &str,
+        send_options: u32,
+        max_inactive: i32,
+        max_active: i64,
+        batch_size: usize,
+        state_transfer_timeout_ms: u64,
+        rpc_timeout_ms: u64,
+        route: Option<String>,
+    ) -> PyResult<session::CoreManager> {
+        session::CoreManager::open(
+            self,
+            py,
+            name,
+            kind,
+            send_options,
+            max_inactive,
+            max_active,
+            batch_size,
+            state_transfer_timeout_ms,
+            rpc_timeout_ms,
+            route,
+        )
     }
 
     /// Turns delivery of messages to Python on (when a listener exists) or off.
@@ -386,6 +425,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CoreChannel>()?;
     m.add_class::<PyMember>()?;
     m.add_class::<AckToken>()?;
+    m.add_class::<session::CoreManager>()?;
     m.add_function(wrap_pyfunction!(py_parse_send_options, m)?)?;
     m.add_function(wrap_pyfunction!(py_send_options_to_string, m)?)?;
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;

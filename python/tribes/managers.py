@@ -1,0 +1,362 @@
+"""Session managers: `DeltaManager` (every member holds every session) and `BackupManager` (a primary
+and one backup per session), Tomcat's two cluster managers.
+
+Get one with ``cluster.manager(name)``; its settings come from ``ClusterConfig.managers[name]`` (or the
+``"*"`` template, or the defaults: a DeltaManager). The sessions live in the Rust core; the manager is
+the Python face of it. Changes from other members are applied in Rust without the GIL; listeners hear
+about them on the cluster's dispatcher thread.
+
+Listeners are objects with any of these methods (Tomcat's session and attribute listeners)::
+
+    on_created(session_id)                              on_destroyed(session_id)
+    on_attribute_added(session_id, name, value)         on_attribute_removed(session_id, name, old)
+    on_attribute_replaced(session_id, name, old, new)
+
+They run for local changes on the thread that makes them (``create``, ``session[name] = …``, ``del``,
+``invalidate``) and, with ``notify_listeners_on_replication`` (the default), for changes that arrive
+from other members, on the dispatcher thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import struct
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from . import _core
+from .errors import NotStartedError, ProtocolError
+from .manager_config import ManagerConfig
+from .session import Session
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
+__all__ = ["BackupManager", "DeltaManager", "SessionManager"]
+
+_log = logging.getLogger("tribes.session")
+
+_LISTENER_METHODS = (
+    "on_created",
+    "on_destroyed",
+    "on_attribute_added",
+    "on_attribute_replaced",
+    "on_attribute_removed",
+)
+
+# Pickled values travel as a msgpack ext of this type; only a manager configured with
+# serializer="pickle" (which needs a cluster secret) ever unpickles them.
+_PICKLE_EXT = 0x70
+
+
+def _pickle_ext(data: bytes) -> bytes:
+    n = len(data)
+    if n < 256:
+        head = struct.pack(">BBb", 0xC7, n, _PICKLE_EXT)
+    elif n < 65536:
+        head = struct.pack(">BHb", 0xC8, n, _PICKLE_EXT)
+    else:
+        head = struct.pack(">BIb", 0xC9, n, _PICKLE_EXT)
+    return head + data
+
+
+def _unpickle_ext(raw: bytes) -> bytes | None:
+    """The pickle inside a pickle ext, or None if ``raw`` is not one."""
+    sizes = {0xC7: 1, 0xC8: 2, 0xC9: 4}
+    size = sizes.get(raw[0]) if raw else None
+    if size is None or len(raw) < 2 + size or raw[1 + size] != _PICKLE_EXT:
+        return None
+    n = int.from_bytes(raw[1 : 1 + size], "big")
+    body = raw[2 + size :]
+    return body if len(body) == n else None
+
+
+class SessionManager:
+    """What both managers share. Use :class:`DeltaManager` or :class:`BackupManager`."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, cluster: Cluster, name: str, config: ManagerConfig) -> None:
+        """Internal: made by ``Cluster.manager(name)``."""
+        self._cluster = cluster
+        self._name = name
+        self._config = config
+        self._core: _core.CoreManager | None = None
+        self._listeners: list[Any] = []
+        self._has_listeners = False
+        self._filter = None if config.attribute_filter is None else re.compile(config.attribute_filter)
+        self._transfer = "not_started"
+
+    # -- settings -----------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The name sessions replicate under (several applications can share one cluster)."""
+        return self._name
+
+    @property
+    def config(self) -> ManagerConfig:
+        """The settings."""
+        return self._config
+
+    @property
+    def send_mode(self) -> str:
+        """``async``, ``ack`` (default: commit returns once every target received the change) or ``sync``."""
+        return self._config.send_mode
+
+    @property
+    def max_inactive(self) -> int:
+        """Default seconds of inactivity before a session expires (1800)."""
+        return self._config.max_inactive
+
+    @property
+    def max_active(self) -> int:
+        """Most sessions a member holds (−1: unlimited)."""
+        return self._config.max_active
+
+    @property
+    def attribute_filter(self) -> str | None:
+        """Regex of attribute names that replicate; None = all."""
+        return self._config.attribute_filter
+
+    @property
+    def notify_listeners_on_replication(self) -> bool:
+        """Whether listeners hear about changes made on other members."""
+        return self._config.notify_listeners_on_replication
+
+    @property
+    def state_transfer(self) -> str:
+        """How this member's start went: ``complete``, ``timed_out``, ``not_needed`` (it was alone),
+        ``running``, or ``not_started``."""
+        core = self._core
+        return core.transfer_state if core is not None else self._transfer
+
+    # -- lifecycle (driven by the cluster) ------------------------------------------------------------
+
+    def _attach(self, channel: _core.CoreChannel) -> None:
+        c = self._config
+        self._core = channel.manager(
+            self._name,
+            self.kind,
+            c.send_options,
+            c.max_inactive,
+            c.max_active,
+            c.state_transfer_batch,
+            int(c.state_transfer_timeout * 1000),
+            int(c.rpc_timeout * 1000),
+            self._cluster.config.route,
+        )
+        self._update_listening()
+
+    def _wait_transfer(self) -> str:
+        core = self._require()
+        self._transfer = core.wait_transfer()
+        return self._transfer
+
+    def _detach(self) -> None:
+        if self._core is not None:
+            self._transfer = self._core.transfer_state
+        self._core = None
+
+    def _require(self) -> _core.CoreManager:
+        core = self._core
+        if core is None:
+            raise NotStartedError(f"manager {self._name!r}: the cluster is not started")
+        return core
+
+    # -- values -------------------------------------------------------------------------------------
+
+    def _encode(self, value: Any, name: str) -> bytes:
+        try:
+            return _core.encode_value(value, name)
+        except TypeError:
+            if self._config.serializer != "pickle":
+                raise
+            return _pickle_ext(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _decode(self, raw: bytes, name: str) -> Any:
+        if self._config.serializer == "pickle":
+            body = _unpickle_ext(raw)
+            if body is not None:
+                return pickle.loads(body)  # noqa: S301 - opted in; the cluster is authenticated
+        try:
+            return _core.decode_value(raw)
+        except ProtocolError as exc:
+            raise ProtocolError(f"session attribute {name!r}: {exc}") from None
+
+    def _replicates(self, name: str) -> bool:
+        return self._filter is None or self._filter.fullmatch(name) is not None
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    def create(self) -> Session:
+        """A new session, with this member as its primary; the other members hear of it.
+
+        Raises :class:`~tribes.errors.TooManySessionsError` beyond ``max_active``.
+        """
+        session = Session(self, self._require().create())
+        self._fire("on_created", session.id)
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        """The session with this id, or None (unknown, ended or expired).
+
+        On a BackupManager this member becomes the session's primary (fetching it from its backup if
+        this member held only a proxy), as Tomcat's BackupManager does for the member serving a request.
+        """
+        if not isinstance(session_id, str):
+            return None
+        state = self._require().get(session_id)
+        return None if state is None else Session(self, state)
+
+    def commit(self, session: Session) -> None:
+        """End the request on ``session``: replicate what changed as one delta.
+
+        With nothing changed, an "accessed" message goes out when Tomcat's rule says so (this member was
+        not the last to serve it, or it was not replicated for ``max_inactive``). With ``send_mode="ack"``
+        this returns once every target member has received the change; a failure for some members raises
+        :class:`~tribes.errors.ChannelError` naming them (the others have it, and so does this member).
+        """
+        if session.manager is not self:
+            raise ValueError(f"session {session.id} belongs to manager {session.manager.name!r}")
+        if not session.valid:
+            return
+        writes, new_raw = session._changes()
+        meta = list(session._meta.items())
+        try:
+            alive = self._require().commit(session.id, writes, meta)
+        finally:
+            session._committed(new_raw)
+        if not alive:
+            session._valid = False
+
+    def invalidate(self, session: Session | str) -> bool:
+        """End a session on every member. Returns False when it did not exist here."""
+        sid = session.id if isinstance(session, Session) else session
+        if isinstance(session, Session):
+            session._valid = False
+        ended = bool(self._require().invalidate(sid))
+        if ended:
+            self._fire("on_destroyed", sid)
+        return ended
+
+    def change_id(self, session: Session, route: str | None = None) -> str:
+        """Give ``session`` a new id (keeping its data) on every member; returns the new id.
+
+        ``route`` replaces the member's route in the new id (the JvmRouteBinder rewrite); None keeps
+        ``ClusterConfig.route``.
+        """
+        if session.modified:
+            self.commit(session)
+        new_id = self._require().change_id(session.id, route)
+        session._id = new_id
+        return new_id
+
+    def __len__(self) -> int:
+        """Sessions held here with their data (BackupManager: primaries and backups, not proxies)."""
+        return len(self._require())
+
+    def __iter__(self) -> Iterator[str]:
+        """The ids of the sessions held here with their data."""
+        return iter(self._require().ids())
+
+    def __contains__(self, session_id: object) -> bool:
+        return isinstance(session_id, str) and self._require().peek(session_id) is not None
+
+    def process_expires(self, now: float | None = None) -> list[str]:
+        """Expire the sessions idle past their limit as of ``now`` (default: now); returns their ids.
+
+        The cluster runs this every 5 seconds by itself; calling it is for tests and operations. A session
+        expires at ``max_inactive`` where it was last used (and the others are told), and copies expire
+        by themselves at twice that.
+        """
+        when = time.time() if now is None else now
+        return self._require().process_expires(int(when * 1000))
+
+    def stats(self) -> dict[str, int]:
+        """Counters: sessions by role, messages sent and received by kind, stale writes ignored, state
+        transfer figures, sessions lost (both copies gone), …"""
+        core = self._core
+        return dict(core.stats()) if core is not None else {}
+
+    # -- listeners ----------------------------------------------------------------------------------
+
+    def add_listener(self, listener: Any) -> None:
+        """Add a session/attribute listener (an object with any of the ``on_*`` methods)."""
+        if not any(callable(getattr(listener, m, None)) for m in _LISTENER_METHODS):
+            raise TypeError(f"a listener needs at least one of {', '.join(_LISTENER_METHODS)}")
+        self._listeners.append(listener)
+        self._update_listening()
+
+    def remove_listener(self, listener: Any) -> None:
+        """Remove a listener added with :meth:`add_listener`."""
+        self._listeners.remove(listener)
+        self._update_listening()
+
+    def _update_listening(self) -> None:
+        self._has_listeners = bool(self._listeners)
+        if self._core is not None:
+            self._core.set_listening(self._has_listeners and self._config.notify_listeners_on_replication)
+
+    def _fire(self, method: str, *args: Any) -> None:
+        if not self._has_listeners:
+            return
+        for listener in list(self._listeners):
+            callback = getattr(listener, method, None)
+            if callback is None:
+                continue
+            try:
+                callback(*args)
+            except Exception:
+                _log.exception("session listener %r.%s failed", listener, method)
+
+    def _on_replicated(self, kind: str, sid: str, name: str | None, old: bytes | None, new: bytes | None) -> None:
+        """A change from another member (on the dispatcher thread)."""
+        if kind == "created":
+            self._fire("on_created", sid)
+        elif kind == "destroyed":
+            self._fire("on_destroyed", sid)
+        elif name is not None:
+            try:
+                old_value = None if old is None else self._decode(old, name)
+                new_value = None if new is None else self._decode(new, name)
+            except Exception:
+                _log.exception("session listener: attribute %r of %s does not decode", name, sid)
+                return
+            if kind == "added":
+                self._fire("on_attribute_added", sid, name, new_value)
+            elif kind == "replaced":
+                self._fire("on_attribute_replaced", sid, name, old_value, new_value)
+            else:
+                self._fire("on_attribute_removed", sid, name, old_value)
+
+    def __repr__(self) -> str:
+        return f"<tribes.{type(self).__name__} {self._name!r}>"
+
+
+class DeltaManager(SessionManager):
+    """Every member holds every session (Tomcat ``DeltaManager``): simple, and any member can serve any
+    request; memory and traffic grow with the number of members."""
+
+    kind = "delta"
+
+
+class BackupManager(SessionManager):
+    """Each session lives on its primary (the member that serves it) and one backup member, chosen
+    round-robin; the other members hold a proxy entry naming both (Tomcat ``BackupManager``). When a
+    member leaves, the survivors restore two copies of every session it held."""
+
+    kind = "backup"
+
+    def locations(self) -> dict[str, tuple[str, bytes, bytes]]:
+        """``{id: (role, primary_uid, backup_uid)}`` of every entry here, proxies included; ``role`` is
+        ``primary``, ``copy`` (this member is the backup) or ``proxy``."""
+        return {sid: (role, p, b) for sid, role, p, b in self._require().entries()}
+
+
+def manager_class(kind: str) -> type[SessionManager]:
+    """The manager class for a ``ManagerConfig.kind``."""
+    return BackupManager if kind == "backup" else DeltaManager

@@ -1,0 +1,240 @@
+//! Bindings for the session managers: `CoreManager`, driven by `tribes.managers`.
+//!
+//! Every call that may send (create, get on a BackupManager, commit, invalidate, change_id,
+//! waiting for state transfer) releases the GIL.
+
+use bytes::Bytes;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{to_pyerr, CoreChannel};
+use crate::session::manager::{AttrWrite, SessionEvent, SessionView};
+use crate::session::message::Action;
+use crate::session::{Kind, Manager, Settings};
+
+/// One session manager of a running channel.
+#[pyclass(module = "tribes._core", frozen)]
+pub struct CoreManager {
+    inner: Arc<Manager>,
+}
+
+fn view_to_py<'py>(py: Python<'py>, v: SessionView) -> PyResult<Bound<'py, PyTuple>> {
+    let attrs = PyDict::new(py);
+    for (k, b) in &v.attrs {
+        attrs.set_item(k, PyBytes::new(py, b))?;
+    }
+    (
+        v.id,
+        v.created_ms,
+        v.last_accessed_ms,
+        v.max_inactive,
+        v.is_new,
+        v.principal,
+        v.auth_type,
+        attrs,
+    )
+        .into_pyobject(py)
+}
+
+/// Turns a session event into `("session", manager, kind, id, name, old, new)`.
+pub(crate) fn session_event_to_py(py: Python<'_>, e: SessionEvent) -> PyResult<Py<PyAny>> {
+    let old = e.old.map(|b| PyBytes::new(py, &b));
+    let new = e.new.map(|b| PyBytes::new(py, &b));
+    Ok(("session", &*e.manager, e.kind, e.id, e.name, old, new)
+        .into_pyobject(py)?
+        .into_any()
+        .unbind())
+}
+
+fn meta_action(kind: &str, value: &Bound<'_, PyAny>) -> PyResult<Action> {
+    Ok(match kind {
+        "principal" => Action::Principal(value.extract()?),
+        "auth_type" => Action::AuthType(value.extract()?),
+        "is_new" => Action::IsNew(value.extract()?),
+        "max_inactive" => Action::MaxInactive(value.extract()?),
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown session field {other:?}"
+            )))
+        }
+    })
+}
+
+impl CoreManager {
+    /// The session manager `name` of `channel`, created on first use (see `CoreChannel.manager`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open(
+        channel: &CoreChannel,
+        py: Python<'_>,
+        name: &str,
+        kind: &str,
+        send_options: u32,
+        max_inactive: i32,
+        max_active: i64,
+        batch_size: usize,
+        state_transfer_timeout_ms: u64,
+        rpc_timeout_ms: u64,
+        route: Option<String>,
+    ) -> PyResult<CoreManager> {
+        if name.is_empty() || name.len() > crate::session::message::MAX_NAME {
+            return Err(PyValueError::new_err(
+                "a manager name must have 1 to 255 bytes",
+            ));
+        }
+        let kind = match kind {
+            "delta" => Kind::Delta,
+            "backup" => Kind::Backup,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "manager kind must be 'delta' or 'backup', not {other:?}"
+                )))
+            }
+        };
+        let settings = Settings {
+            kind,
+            send_options,
+            max_inactive,
+            max_active,
+            batch_size: batch_size.max(1),
+            state_transfer_timeout: Duration::from_millis(state_transfer_timeout_ms),
+            rpc_timeout: Duration::from_millis(rpc_timeout_ms.max(1)),
+            route,
+        };
+        let inner = py
+            .detach(|| channel.inner.manager(name, settings))
+            .map_err(|e| to_pyerr(py, e))?;
+        Ok(CoreManager { inner })
+    }
+}
+
+#[pymethods]
+impl CoreManager {
+    /// The manager's name.
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// Creates a session; returns its view tuple.
+    fn create<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let v = py
+            .detach(|| self.inner.create())
+            .map_err(|e| to_pyerr(py, e))?;
+        view_to_py(py, v)
+    }
+
+    /// The session's view tuple, or None.
+    fn get<'py>(&self, py: Python<'py>, id: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let v = py
+            .detach(|| self.inner.get(id))
+            .map_err(|e| to_pyerr(py, e))?;
+        v.map(|v| view_to_py(py, v)).transpose()
+    }
+
+    /// `(view, role)` as held here, without side effects, or None.
+    fn peek<'py>(&self, py: Python<'py>, id: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        match self.inner.peek(id) {
+            None => Ok(None),
+            Some((v, role)) => Ok(Some((view_to_py(py, v)?, role.as_str()).into_pyobject(py)?)),
+        }
+    }
+
+    /// Commits `writes` = [(name, bytes | None, local)] and `meta` = [(field, value)].
+    fn commit(
+        &self,
+        py: Python<'_>,
+        id: &str,
+        writes: Vec<(String, Option<PyBackedBytes>, bool)>,
+        meta: Vec<(String, Bound<'_, PyAny>)>,
+    ) -> PyResult<bool> {
+        let writes: Vec<AttrWrite> = writes
+            .into_iter()
+            .map(|(name, value, local)| AttrWrite {
+                name,
+                value: value.map(|b| Bytes::copy_from_slice(&b)),
+                local,
+            })
+            .collect();
+        let meta = meta
+            .iter()
+            .map(|(k, v)| meta_action(k, v))
+            .collect::<PyResult<Vec<_>>>()?;
+        py.detach(|| self.inner.commit(id, writes, meta))
+            .map_err(|e| to_pyerr(py, e))
+    }
+
+    /// Invalidates a session everywhere; False when it was not held here.
+    fn invalidate(&self, py: Python<'_>, id: &str) -> PyResult<bool> {
+        py.detach(|| self.inner.invalidate(id))
+            .map_err(|e| to_pyerr(py, e))
+    }
+
+    /// Gives a session a new id (with `route`, or the manager's) and returns it.
+    #[pyo3(signature = (id, route=None))]
+    fn change_id(&self, py: Python<'_>, id: &str, route: Option<String>) -> PyResult<String> {
+        py.detach(|| self.inner.change_id(id, route.as_deref()))
+            .map_err(|e| to_pyerr(py, e))
+    }
+
+    /// Sessions held with data.
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Ids of the sessions held with data.
+    fn ids(&self) -> Vec<String> {
+        self.inner.ids()
+    }
+
+    /// `[(id, role, primary_uid, backup_uid)]`, proxies included.
+    fn entries<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items: Vec<_> = self
+            .inner
+            .entries()
+            .into_iter()
+            .map(|(id, role, p, b)| {
+                (
+                    id,
+                    role.as_str(),
+                    PyBytes::new(py, &p),
+                    PyBytes::new(py, &b),
+                )
+            })
+            .collect();
+        PyList::new(py, items)
+    }
+
+    /// Runs expiry as of `now_ms`; returns the ids that ended.
+    fn process_expires(&self, py: Python<'_>, now_ms: i64) -> Vec<String> {
+        py.detach(|| self.inner.process_expires(now_ms))
+    }
+
+    /// Waits for the state transfer; returns its outcome.
+    fn wait_transfer(&self, py: Python<'_>) -> &'static str {
+        py.detach(|| self.inner.wait_transfer()).as_str()
+    }
+
+    /// The state transfer's state.
+    #[getter]
+    fn transfer_state(&self) -> &'static str {
+        self.inner.transfer_state().as_str()
+    }
+
+    /// Posts replication events for listeners (on) or not.
+    fn set_listening(&self, on: bool) {
+        self.inner.set_listening(on);
+    }
+
+    /// Counters as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.inner.stats() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+}
