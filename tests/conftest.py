@@ -17,10 +17,9 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -31,13 +30,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from support import lineproc
 from support.recorder import Recorder
+from support.waiting import EVENT_TIMEOUT, wait_for
 
 #: ClusterConfig's default multicast group (the local preset keeps it).
 MCAST_ADDRESS = "228.0.0.4"
 MEMBER_PROC = Path(__file__).parent / "support" / "member_proc.py"
 
-#: Default deadline for an event (a member seen, a message delivered) on a loaded 2-core machine.
-EVENT_TIMEOUT = 10.0
 #: A member process must print READY within this (interpreter start + import + cluster start).
 READY_TIMEOUT = 20.0
 #: Hard limit on a member process's life (member_proc.py --max-seconds).
@@ -60,37 +58,6 @@ settings.load_profile(os.environ.get("TRIBES_HYPOTHESIS_PROFILE", "ci"))
 # --------------------------------------------------------------------------------------------------
 # Waiting
 # --------------------------------------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-def wait_for(
-    predicate: Callable[[], T],
-    timeout: float = EVENT_TIMEOUT,
-    message: str | Callable[[], str] = "condition",
-    interval: float = 0.01,
-) -> T:
-    """Poll ``predicate`` every ``interval`` s until it returns something truthy, and return that.
-
-    At the deadline, raise AssertionError with ``message`` (a string, or a callable that builds one
-    then, for diagnostics such as the current member list).
-    """
-    deadline = time.monotonic() + timeout
-    max_polls = int(timeout / interval) + 10  # bounded in count as well as in time
-    for _ in range(max_polls):
-        result = predicate()
-        if result:
-            return result
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        time.sleep(min(interval, remaining))
-    result = predicate()
-    if result:
-        return result
-    text = message() if callable(message) else message
-    raise AssertionError(f"timed out after {timeout:.2f} s waiting for: {text}")
-
 
 @pytest.fixture(name="wait_for")
 def _wait_for_fixture() -> Callable[..., Any]:

@@ -212,6 +212,14 @@ class SessionManager:
         state = self._require().get(session_id)
         return None if state is None else Session(self, state)
 
+    def peek(self, session_id: str) -> Session | None:
+        """The session as this member holds it, with no side effect: no fetch, no change of owner, no
+        expiry check (for inspection and tests; a proxy entry of a BackupManager gives None)."""
+        found = self._require().peek(session_id) if isinstance(session_id, str) else None
+        if found is None or found[1] == "proxy":
+            return None
+        return Session(self, found[0])
+
     def commit(self, session: Session) -> None:
         """End the request on ``session``: replicate what changed as one delta.
 

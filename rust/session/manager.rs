@@ -492,7 +492,8 @@ impl Manager {
         let now = now_ms();
         let role = {
             let t = self.table.lock();
-            match t.resolve(id).and_then(|r| t.get(r)) {
+            // Never through a renamed id's alias: an old id (fixation defence) finds nothing.
+            match t.get(id) {
                 None => return Ok(None),
                 Some(e) if self.expired_at(e, now) => None,
                 Some(e) => Some(e.role),
@@ -507,10 +508,9 @@ impl Manager {
             self.make_primary(id)?;
         }
         let t = self.table.lock();
-        Ok(t.resolve(id)
-            .and_then(|r| t.get(r).map(|e| (r, e)))
-            .filter(|(_, e)| e.role != Role::Proxy)
-            .map(|(r, e)| SessionView::of(r, e)))
+        Ok(t.get(id)
+            .filter(|e| e.role != Role::Proxy)
+            .map(|e| SessionView::of(id, e)))
     }
 
     /// The session as held here, without any side effect (no fetch, no change of owner).
