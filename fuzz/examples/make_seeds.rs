@@ -6,6 +6,8 @@ use std::path::Path;
 
 use tribes::security::tomcat::TomcatCipher;
 use tribes::security::{envelope, member_auth};
+use tribes::session::message::{encode as encode_session, Action, Body, Delta};
+use tribes::session::table::{Slot, Stamp, Stamped, WireSession};
 use tribes::wire::ack::{ACK_FRAME, NACK_FRAME};
 use tribes::wire::channel_data::encode_framed_channel_data;
 use tribes::wire::member::{MemberPacket, SHUTDOWN_COMMAND};
@@ -73,6 +75,109 @@ fn ordered(body: &[u8], counter: u32) -> Vec<u8> {
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
+}
+
+/// A session as a member holds it: a 32-hex-digit id with a route, two attributes (one removed).
+fn wire_session(primary: u8, backup: u8) -> WireSession {
+    let stamp = Stamp::new(3, 0x0102_0304_0506_0708);
+    WireSession {
+        id: "0123456789ABCDEF0123456789ABCDEF.node1".into(),
+        created_ms: 1_700_000_000_000,
+        last_accessed_ms: 1_700_000_000_500,
+        max_inactive: Stamped { stamp, value: 1800 },
+        is_new: Stamped { stamp, value: true },
+        principal: Stamped {
+            stamp,
+            value: Some("alice".into()),
+        },
+        auth_type: Stamped {
+            stamp,
+            value: Some("FORM".into()),
+        },
+        primary: [primary; 16],
+        backup: [backup; 16],
+        attrs: vec![
+            (
+                "cart".into(),
+                Slot {
+                    stamp,
+                    value: Some(b"\x92\xa5apple\xa4pear".to_vec().into()),
+                },
+            ),
+            (
+                "gone".into(),
+                Slot {
+                    stamp: Stamp::new(4, 9),
+                    value: None,
+                },
+            ),
+        ],
+    }
+}
+
+/// One well-formed session message of every kind (`session::message`), for manager `shop`.
+fn session_messages() -> Vec<Vec<u8>> {
+    let id = || "0123456789ABCDEF0123456789ABCDEF.node1".to_string();
+    let bodies = vec![
+        Body::Created {
+            id: id(),
+            created_ms: 1_700_000_000_000,
+            max_inactive: 1800,
+        },
+        Body::Expired { id: id() },
+        Body::Accessed {
+            id: id(),
+            last_accessed_ms: 1_700_000_000_900,
+        },
+        Body::GetAll { request: 77 },
+        Body::AllData {
+            request: 77,
+            sessions: vec![wire_session(1, 2), wire_session(3, 0)],
+        },
+        Body::Delta(Delta {
+            id: id(),
+            created_ms: 1_700_000_000_000,
+            last_accessed_ms: 1_700_000_000_900,
+            stamp: Stamp::new(5, 0x0102_0304_0506_0708),
+            actions: vec![
+                Action::Attribute("cart".into(), Some(b"\x91\xa5apple".to_vec().into())),
+                Action::Attribute("gone".into(), None),
+                Action::Principal(Some("alice".into())),
+                Action::Principal(None),
+                Action::IsNew(false),
+                Action::MaxInactive(-1),
+                Action::AuthType(Some("BASIC".into())),
+            ],
+        }),
+        Body::TransferComplete {
+            request: 77,
+            count: 2,
+        },
+        Body::ChangeId {
+            old: id(),
+            new: "FEDCBA9876543210FEDCBA9876543210.node2".into(),
+        },
+        Body::NoManager { request: 77 },
+        Body::Backup(wire_session(1, 2)),
+        Body::Proxy {
+            id: id(),
+            primary: [1; 16],
+            backup: [0; 16],
+        },
+        Body::Retrieve {
+            request: 78,
+            id: id(),
+        },
+        Body::Retrieved {
+            request: 78,
+            session: Some(wire_session(1, 2)),
+        },
+        Body::Retrieved {
+            request: 79,
+            session: None,
+        },
+    ];
+    bodies.iter().map(|b| encode_session("shop", b)).collect()
 }
 
 fn main() {
@@ -276,6 +381,13 @@ fn main() {
         .replace(r#""max_connections":64"#, r#""max_connections":64,"idle_timeout_ms":5000"#)
         .into_bytes(),
     );
+
+    for m in session_messages() {
+        add("session_message", m);
+    }
+    // Built messages (odd first byte): kind selector, manager name, then the body's fields.
+    add("session_message", cat(&[&[1, 4], &[4], b"shop", &[2], &[0; 40]]));
+    add("session_message", cat(&[&[1, 5], &[4], b"shop", &[30], &[b'x'; 64]]));
 
     let mut count = std::collections::BTreeMap::new();
     for (t, v) in seeds {

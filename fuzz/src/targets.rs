@@ -18,6 +18,10 @@ use tribes::config::CoreConfig;
 use tribes::member::Member;
 use tribes::security::tomcat::TomcatCipher;
 use tribes::security::{envelope, member_auth, KeyRing};
+use tribes::session::message::{
+    self as session_msg, Action, Body, Delta, Message, MemberId, MAX_NAME,
+};
+use tribes::session::table::{Slot, Stamp, Stamped, WireSession};
 use tribes::stats::Stats;
 use tribes::wire::ack::{ack_kind, ACK_FRAME, NACK_FRAME};
 use tribes::wire::channel_data::ChannelDataRef;
@@ -50,6 +54,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("interceptor_stack", interceptor_stack),
     ("receiver_stream", receiver_stream),
     ("config_json", config_json),
+    ("session_message", session_message),
 ];
 
 // ---- input reader -----------------------------------------------------------------------------
@@ -832,4 +837,195 @@ pub fn config_json(data: &[u8]) {
         }
     }
     let _ = stack.tick(Instant::now() + Duration::from_secs(3600), &stats);
+}
+
+// ---- session messages -------------------------------------------------------------------------
+
+/// `session::message::decode` on raw bytes: whatever decodes re-encodes to bytes that decode to
+/// the same message, and encoding that message again gives the same bytes (a decoded message
+/// has one encoding; the input itself may differ, with over-long varints).
+///
+/// An input whose first byte is odd also describes a message (read with [`Input`] from the
+/// second byte: kind, manager name, body; see [`session_body`]) that is encoded, then must decode
+/// to the same value: everything `encode` writes, `decode` reads back. (A well-formed message
+/// starts with `T`, 0x54, which is even.)
+pub fn session_message(data: &[u8]) {
+    if let Ok(m) = session_msg::decode(data) {
+        assert!(session_msg::is_session_message(data));
+        check_session_round_trip(&m, "decoded");
+    } else {
+        let _ = session_msg::decode(data).map_err(|e| e.to_string());
+    }
+    if data.first().is_some_and(|b| b & 1 == 1) {
+        let mut inp = Input::new(&data[1..]);
+        let kind = inp.u8();
+        // Names longer than MAX_NAME bytes are cut by `encode` (documented): keep within it.
+        let manager = truncate_utf8(lossy(inp.short_bytes(0xff)), MAX_NAME);
+        let body = session_body(kind, &mut inp);
+        let m = Message { manager, body };
+        check_session_round_trip(&m, "built");
+    }
+}
+
+fn check_session_round_trip(m: &Message, what: &str) {
+    let bytes = session_msg::encode(&m.manager, &m.body);
+    assert!(session_msg::is_session_message(&bytes));
+    match session_msg::decode(&bytes) {
+        Ok(again) => {
+            assert_eq!(&again, m, "{what} message: re-encoded, decodes to another value");
+            assert_eq!(
+                session_msg::encode(&again.manager, &again.body),
+                bytes,
+                "{what} message: encoding is not deterministic"
+            );
+        }
+        Err(e) => panic!(
+            "{what} message {m:?}: its encoding ({} bytes) does not decode: {e}",
+            bytes.len()
+        ),
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn truncate_utf8(mut s: String, max: usize) -> String {
+    while s.len() > max {
+        s.pop();
+    }
+    s
+}
+
+/// A short text (at most 63 input bytes: within `MAX_TEXT` after lossy UTF-8).
+fn session_text(inp: &mut Input<'_>) -> String {
+    lossy(inp.short_bytes(0x3f))
+}
+
+fn opt_text(inp: &mut Input<'_>) -> Option<String> {
+    (inp.u8() & 1 == 1).then(|| session_text(inp))
+}
+
+fn stamp(inp: &mut Input<'_>) -> Stamp {
+    Stamp::new(inp.i64() as u64, inp.i64() as u64)
+}
+
+fn member_id(inp: &mut Input<'_>) -> MemberId {
+    let mut m = [0u8; 16];
+    let b = inp.bytes(16);
+    m[..b.len()].copy_from_slice(b);
+    m
+}
+
+fn wire_session(inp: &mut Input<'_>) -> WireSession {
+    let id = session_text(inp);
+    let created_ms = inp.i64();
+    let last_accessed_ms = inp.i64();
+    let max_inactive = Stamped {
+        stamp: stamp(inp),
+        value: inp.i32(),
+    };
+    let is_new = Stamped {
+        stamp: stamp(inp),
+        value: inp.u8() & 1 == 1,
+    };
+    let principal = Stamped {
+        stamp: stamp(inp),
+        value: opt_text(inp),
+    };
+    let auth_type = Stamped {
+        stamp: stamp(inp),
+        value: opt_text(inp),
+    };
+    let primary = member_id(inp);
+    let backup = member_id(inp);
+    let attrs = (0..inp.u8() % 4)
+        .map(|_| {
+            let name = session_text(inp);
+            let stamp = stamp(inp);
+            let value = (inp.u8() & 1 == 1).then(|| inp.short_bytes(0x3f).to_vec().into());
+            (name, Slot { stamp, value })
+        })
+        .collect();
+    WireSession {
+        id,
+        created_ms,
+        last_accessed_ms,
+        max_inactive,
+        is_new,
+        principal,
+        auth_type,
+        primary,
+        backup,
+        attrs,
+    }
+}
+
+/// A message body read from the input: the kind (byte modulo 13, in `Body::kind` order), then its
+/// fields; texts are short, lists hold 0-3 items.
+pub fn session_body(kind: u8, inp: &mut Input<'_>) -> Body {
+    match kind % 13 {
+        0 => Body::Created {
+            id: session_text(inp),
+            created_ms: inp.i64(),
+            max_inactive: inp.i32(),
+        },
+        1 => Body::Expired {
+            id: session_text(inp),
+        },
+        2 => Body::Accessed {
+            id: session_text(inp),
+            last_accessed_ms: inp.i64(),
+        },
+        3 => Body::GetAll {
+            request: inp.i64() as u64,
+        },
+        4 => Body::AllData {
+            request: inp.i64() as u64,
+            sessions: (0..inp.u8() % 4).map(|_| wire_session(inp)).collect(),
+        },
+        5 => Body::Delta(Delta {
+            id: session_text(inp),
+            created_ms: inp.i64(),
+            last_accessed_ms: inp.i64(),
+            stamp: stamp(inp),
+            actions: (0..inp.u8() % 4)
+                .map(|_| match inp.u8() % 5 {
+                    0 => Action::Attribute(
+                        session_text(inp),
+                        (inp.u8() & 1 == 1).then(|| inp.short_bytes(0x3f).to_vec().into()),
+                    ),
+                    1 => Action::Principal(opt_text(inp)),
+                    2 => Action::IsNew(inp.u8() & 1 == 1),
+                    3 => Action::MaxInactive(inp.i32()),
+                    _ => Action::AuthType(opt_text(inp)),
+                })
+                .collect(),
+        }),
+        6 => Body::TransferComplete {
+            request: inp.i64() as u64,
+            count: inp.i64() as u64,
+        },
+        7 => Body::ChangeId {
+            old: session_text(inp),
+            new: session_text(inp),
+        },
+        8 => Body::NoManager {
+            request: inp.i64() as u64,
+        },
+        9 => Body::Backup(wire_session(inp)),
+        10 => Body::Proxy {
+            id: session_text(inp),
+            primary: member_id(inp),
+            backup: member_id(inp),
+        },
+        11 => Body::Retrieve {
+            request: inp.i64() as u64,
+            id: session_text(inp),
+        },
+        _ => Body::Retrieved {
+            request: inp.i64() as u64,
+            session: (inp.u8() & 1 == 1).then(|| wire_session(inp)),
+        },
+    }
 }

@@ -477,6 +477,26 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// Sends `data` to one member that need not be in the view yet (an answer to a member that
+    /// asked before this member heard its heartbeat).
+    pub(crate) fn send_direct(&self, data: &[u8], member: &Arc<Member>, options: u32) -> Result<()> {
+        let faulty = self.send_to(
+            &self.shared,
+            &self.handle,
+            data,
+            std::slice::from_ref(member),
+            options,
+        )?;
+        if faulty.is_empty() {
+            return Ok(());
+        }
+        stats::add(&self.shared.stats.send_failures, faulty.len() as u64);
+        Err(Error::Channel {
+            message: format!("send to {member} failed ({})", faulty[0].cause),
+            faulty,
+        })
+    }
+
     /// Sends `data` to `to` (None = every member in the view); see [`Channel::send`].
     pub(crate) fn send(&self, data: &[u8], to: Option<&[MemberKey]>, options: u32) -> Result<()> {
         let (shared, handle) = (&self.shared, &self.handle);

@@ -353,6 +353,17 @@ impl Manager {
         r
     }
 
+    /// Sends an answer to a member that asked, in the view or not yet.
+    fn answer(&self, body: &Body, to: &Arc<Member>, options: u32) -> Result<()> {
+        let r = self.link.send_direct(&encode(&self.name, body), to, options);
+        if let Err(e) = &r {
+            crate::stats::inc(&self.stats.send_failures);
+            log::warn!(target: "tribes::session", "manager {}: answering {to} ({}) failed: {e}",
+                self.name, Body::kind_name(body.kind()));
+        }
+        r
+    }
+
     /// Sends without failing the caller: a failure is counted and logged.
     fn send_logged(&self, body: &Body, to: Option<&[MemberKey]>, options: u32) {
         if let Err(e) = self.send(body, to, options) {
@@ -696,14 +707,18 @@ impl Manager {
 
     // -- BackupManager: ownership ------------------------------------------------------------------
 
-    /// Picks a backup for a session, round-robin over the members, skipping `exclude`.
-    fn pick_backup(&self, exclude: &[MemberId]) -> Option<Arc<Member>> {
+    /// Picks a backup for a session, round-robin over the members, avoiding `avoid` unless no other
+    /// member is left (a backup that takes over from its primary then swaps roles with it).
+    fn pick_backup(&self, avoid: &[MemberId]) -> Option<Arc<Member>> {
         let mut members: Vec<Arc<Member>> = self
             .members()
             .iter()
-            .filter(|m| !exclude.contains(&m.packet.unique_id) && m.packet.unique_id != self.me)
+            .filter(|m| m.packet.unique_id != self.me)
             .cloned()
             .collect();
+        if members.iter().any(|m| !avoid.contains(&m.packet.unique_id)) {
+            members.retain(|m| !avoid.contains(&m.packet.unique_id));
+        }
         if members.is_empty() {
             return None;
         }
@@ -713,9 +728,9 @@ impl Manager {
     }
 
     /// Makes this member the primary of a session it holds with data, with a backup on another
-    /// member (chosen afresh, skipping `exclude`), and tells everyone where it lives.
-    fn publish(&self, id: &str, exclude: &[MemberId]) {
-        let Some(backup) = self.pick_backup(exclude) else {
+    /// member (chosen afresh, avoiding `avoid` if it can), and tells everyone where it lives.
+    fn publish(&self, id: &str, avoid: &[MemberId]) {
+        let Some(backup) = self.pick_backup(avoid) else {
             if let Some(e) = self.table.lock().get_mut(id) {
                 e.role = Role::Primary;
                 e.primary = self.me;
@@ -1018,7 +1033,6 @@ impl Manager {
             .filter(|(_, e)| with_attrs || e.role != Role::Proxy || e.primary != NO_MEMBER)
             .map(|(k, _)| k.clone())
             .collect();
-        let key = [to.key()];
         let mut sent = 0u64;
         // Batches are built under the lock one at a time, so the table is never copied whole.
         for chunk in ids.chunks(self.settings.batch_size.max(1)) {
@@ -1037,22 +1051,24 @@ impl Manager {
                     .collect()
             };
             sent += sessions.len() as u64;
-            if let Err(e) = self.send(
-                &Body::AllData { request, sessions },
-                Some(&key),
-                USE_ACK | SYNCHRONIZED_ACK,
-            ) {
-                log::warn!(target: "tribes::session", "manager {}: state transfer to {to} failed: {e}", self.name);
+            if self
+                .answer(
+                    &Body::AllData { request, sessions },
+                    to,
+                    USE_ACK | SYNCHRONIZED_ACK,
+                )
+                .is_err()
+            {
                 return;
             }
         }
         crate::stats::add(&self.stats.transfer_sessions_sent, sent);
-        self.send_logged(
+        let _ = self.answer(
             &Body::TransferComplete {
                 request,
                 count: sent,
             },
-            Some(&key),
+            to,
             USE_ACK,
         );
         log::info!(target: "tribes::session", "manager {}: sent {sent} session(s) to {to}", self.name);
@@ -1066,11 +1082,7 @@ impl Manager {
                 .filter(|e| e.role != Role::Proxy)
                 .map(|e| e.to_wire(id, true))
         };
-        self.send_logged(
-            &Body::Retrieved { request, session },
-            Some(&[to.key()]),
-            USE_ACK,
-        );
+        let _ = self.answer(&Body::Retrieved { request, session }, to, USE_ACK);
     }
 
     // -- messages from the network -----------------------------------------------------------------

@@ -225,7 +225,7 @@ impl Registry {
             Job::AskNext(manager) => manager.ask_next(),
             Job::NoManager { name, to, request } => {
                 let data = encode(&name, &Body::NoManager { request });
-                if let Err(e) = link.send(&data, Some(&[to.key()]), ASYNCHRONOUS) {
+                if let Err(e) = link.send_direct(&data, &to, ASYNCHRONOUS) {
                     log::debug!(target: "tribes::session", "answering {to}: {e}");
                 }
             }
