@@ -72,7 +72,10 @@ def wait_views(clusters: list[tribes.Cluster]) -> None:
     def settled() -> bool:
         return all({m.unique_id for m in c.members} == uids - {c.local_member.unique_id} for c in live)
 
-    wait_for(settled, EVENT_TIMEOUT, "membership views to settle")
+    def views() -> str:
+        return "; ".join(f"{c.local_member} sees {[str(m) for m in c.members]}" for c in live)
+
+    wait_for(settled, EVENT_TIMEOUT, lambda: f"membership views to settle: {views()}")
 
 
 def attrs_of(manager: tribes.SessionManager, sid: str) -> dict[str, Any] | None:
