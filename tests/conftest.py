@@ -59,6 +59,7 @@ settings.load_profile(os.environ.get("TRIBES_HYPOTHESIS_PROFILE", "ci"))
 # Waiting
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(name="wait_for")
 def _wait_for_fixture() -> Callable[..., Any]:
     """The :func:`wait_for` helper, as a fixture (test modules cannot import conftest portably)."""

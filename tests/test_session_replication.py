@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import tribes
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -29,6 +28,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+import tribes
 from support.lineproc import free_mcast_port as _free_mcast_port
 from support.waiting import EVENT_TIMEOUT, wait_for
 
@@ -37,6 +37,7 @@ MANAGER = "shop"
 
 def free_mcast_port() -> int:
     return _free_mcast_port(47000, 48999)
+
 
 SLOTS = 3
 
@@ -187,7 +188,7 @@ class ReplicationMachine(RuleBasedStateMachine):
         current = self.current(sid)
         if current not in self.model:
             return multiple()
-        manager, session = self.open(slot, current)
+        _, session = self.open(slot, current)
         new_id = session.cycle_id()
         assert new_id != current
         self.renamed[current] = new_id
@@ -255,7 +256,8 @@ class ReplicationMachine(RuleBasedStateMachine):
                     return f"{sid} on member {i} ({roles[i]}): {attrs_of(managers[i], sid)}, model {attrs}"
             _, primary, backup = managers[primaries[0]].locations()[sid]
             if uids.get(primary) != primaries[0] or uids.get(backup) != copies[0]:
-                return f"{sid}: primary records primary={uids.get(primary)} backup={uids.get(backup)}, roles {roles}"
+                recorded = f"primary={uids.get(primary)} backup={uids.get(backup)}"
+                return f"{sid}: the primary records {recorded}, roles {roles}"
         return None
 
     @invariant()
@@ -317,7 +319,13 @@ def test_concurrent_writers_converge(trio: Callable[[str], list[tribes.Cluster]]
         barrier = threading.Barrier(2)
         errors: list[BaseException] = []
 
-        def writer(i: int, sid: str = session.id, r: int = round_) -> None:
+        def writer(
+            i: int,
+            sid: str = session.id,
+            r: int = round_,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
             try:
                 s = managers[i].get(sid)
                 assert s is not None
@@ -325,7 +333,7 @@ def test_concurrent_writers_converge(trio: Callable[[str], list[tribes.Cluster]]
                 s[f"own{i}"] = i  # and one of their own
                 barrier.wait(5)
                 managers[i].commit(s)
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=writer, args=(i,)) for i in (1, 2)]
@@ -334,11 +342,15 @@ def test_concurrent_writers_converge(trio: Callable[[str], list[tribes.Cluster]]
         for t in threads:
             t.join(30)
         assert not errors, errors
-        views = [attrs_of(m, session.id) for m in managers]
+        sid = session.id
+
+        def replicas(sid: str = sid) -> list[dict[str, Any] | None]:
+            return [attrs_of(m, sid) for m in managers]
+
         wait_for(
-            lambda sid=session.id: len({repr(sorted((attrs_of(m, sid) or {}).items())) for m in managers}) == 1,
+            lambda replicas=replicas: all(r == replicas()[0] for r in replicas()),
             EVENT_TIMEOUT,
-            lambda: f"replicas differ: {views}",
+            lambda replicas=replicas: f"replicas differ: {replicas()}",
         )
         final = attrs_of(managers[0], session.id)
         assert final is not None
@@ -500,7 +512,7 @@ def test_attribute_filter_keeps_others_local(trio: Callable[[str], list[tribes.C
 def test_pickle_needs_a_secret_and_is_never_unpickled_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRIBES_SECRET", raising=False)
     port = free_mcast_port()
-    with pytest.raises(tribes.ConfigError, match="managers.p.serializer"):
+    with pytest.raises(tribes.ConfigError, match=r"managers\.p\.serializer"):
         tribes.Cluster(
             tribes.ClusterConfig.local(membership={"port": port}, managers={"p": {"serializer": "pickle"}})
         ).start()

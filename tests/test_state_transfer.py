@@ -7,10 +7,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+
 import tribes
 from support.lineproc import free_mcast_port
-from support.wire import FrameCapture
 from support.waiting import EVENT_TIMEOUT, wait_for
+from support.wire import FrameCapture
 
 SESSIONS = 100_000
 
@@ -93,7 +94,9 @@ def test_a_member_without_the_manager_answers_no_manager(clusters: list[tribes.C
     """The asked member runs no manager of that name: it says so and the joiner does not wait."""
     port = free_mcast_port(47000, 48999)
     old = member(tribes.ClusterConfig.local(membership={"port": port}), clusters)
-    cfg = tribes.ClusterConfig.local(membership={"port": port}, managers={"shop": {"state_transfer_timeout": 60}})
+    cfg = tribes.ClusterConfig.local(
+        membership={"port": port}, managers={"shop": {"state_transfer_timeout": 60}}
+    )
     new = member(cfg, clusters)
     assert new.members, "the new member must have seen the old one before asking"
     assert new.manager("shop").state_transfer == "complete"

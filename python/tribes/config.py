@@ -997,7 +997,7 @@ class ClusterConfig:
     managers: Mapping[str, ManagerConfig] = field(
         default_factory=lambda: _FrozenOptions(),
         metadata=_doc(
-            "Session managers by name (``[managers.<name>]`` tables, see ManagerConfig); ``\"*\"`` is the "
+            'Session managers by name (``[managers.<name>]`` tables, see ManagerConfig); ``"*"`` is the '
             "template for names not listed. Default: every name gets a DeltaManager with defaults."
         ),
     )
@@ -1042,7 +1042,9 @@ class ClusterConfig:
                 raise ConfigError(f"must be 1..64 letters, digits, '-' or '_', got {route!r}", "route")
         managers: object = self.managers
         if not isinstance(managers, Mapping):
-            raise ConfigError(f"must be a mapping of manager names to settings, got {_show(managers)}", "managers")
+            raise ConfigError(
+                f"must be a mapping of manager names to settings, got {_show(managers)}", "managers"
+            )
         for key in managers:
             if not isinstance(key, str) or not 1 <= len(key.encode()) <= 255:
                 raise ConfigError(f"manager names must be 1..255 bytes of text, got {key!r}", "managers")

@@ -70,7 +70,7 @@ class ManagerConfig:
     )
     max_active: int = field(
         default=-1,
-        metadata=_doc("Most sessions held by a member (−1: unlimited); beyond it ``create()`` raises."),
+        metadata=_doc("Most sessions held by a member (-1: unlimited); beyond it ``create()`` raises."),
     )
     attribute_filter: str | None = field(
         default=None,
@@ -111,7 +111,9 @@ class ManagerConfig:
         _int(self.max_active, "max_active", -1, 2**62)
         if self.attribute_filter is not None:
             if not isinstance(self.attribute_filter, str):
-                raise ConfigError(f"must be a regex string or None, got {self.attribute_filter!r}", "attribute_filter")
+                raise ConfigError(
+                    f"must be a regex string or None, got {self.attribute_filter!r}", "attribute_filter"
+                )
             try:
                 re.compile(self.attribute_filter)
             except re.error as exc:
@@ -119,7 +121,11 @@ class ManagerConfig:
         if not isinstance(self.notify_listeners_on_replication, bool):
             raise ConfigError("must be true or false", "notify_listeners_on_replication")
         _set(self, "serializer", _choice(self.serializer, "serializer", SERIALIZERS))
-        _set(self, "state_transfer_timeout", _seconds(self.state_transfer_timeout, "state_transfer_timeout", 0, 86400))
+        _set(
+            self,
+            "state_transfer_timeout",
+            _seconds(self.state_transfer_timeout, "state_transfer_timeout", 0, 86400),
+        )
         _int(self.state_transfer_batch, "state_transfer_batch", 1, 1_000_000)
         _set(self, "rpc_timeout", _seconds(self.rpc_timeout, "rpc_timeout", 0.001, 3600))
 

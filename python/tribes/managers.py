@@ -114,7 +114,7 @@ class SessionManager:
 
     @property
     def max_active(self) -> int:
-        """Most sessions a member holds (−1: unlimited)."""
+        """Most sessions a member holds (-1: unlimited)."""
         return self._config.max_active
 
     @property
@@ -132,7 +132,7 @@ class SessionManager:
         """How this member's start went: ``complete``, ``timed_out``, ``not_needed`` (it was alone),
         ``running``, or ``not_started``."""
         core = self._core
-        return core.transfer_state if core is not None else self._transfer
+        return str(core.transfer_state) if core is not None else self._transfer
 
     # -- lifecycle (driven by the cluster) ------------------------------------------------------------
 
@@ -153,7 +153,7 @@ class SessionManager:
 
     def _wait_transfer(self) -> str:
         core = self._require()
-        self._transfer = core.wait_transfer()
+        self._transfer = str(core.wait_transfer())
         return self._transfer
 
     def _detach(self) -> None:
@@ -181,7 +181,7 @@ class SessionManager:
         if self._config.serializer == "pickle":
             body = _unpickle_ext(raw)
             if body is not None:
-                return pickle.loads(body)  # noqa: S301 - opted in; the cluster is authenticated
+                return pickle.loads(body)
         try:
             return _core.decode_value(raw)
         except ProtocolError as exc:
@@ -321,7 +321,9 @@ class SessionManager:
             except Exception:
                 _log.exception("session listener %r.%s failed", listener, method)
 
-    def _on_replicated(self, kind: str, sid: str, name: str | None, old: bytes | None, new: bytes | None) -> None:
+    def _on_replicated(
+        self, kind: str, sid: str, name: str | None, old: bytes | None, new: bytes | None
+    ) -> None:
         """A change from another member (on the dispatcher thread)."""
         if kind == "created":
             self._fire("on_created", sid)

@@ -56,20 +56,20 @@ class Session(MutableMapping[str, Any]):
     """
 
     __slots__ = (
-        "_manager",
-        "_id",
-        "_created_ms",
-        "_last_accessed_ms",
-        "_max_inactive",
-        "_is_new",
-        "_principal",
         "_auth_type",
+        "_created_ms",
+        "_id",
+        "_is_new",
+        "_last_accessed_ms",
+        "_manager",
+        "_max_inactive",
+        "_meta",
+        "_principal",
         "_raw",
+        "_removed",
+        "_valid",
         "_values",
         "_written",
-        "_removed",
-        "_meta",
-        "_valid",
     )
 
     def __init__(self, manager: SessionManager, state: SessionState) -> None:
@@ -134,7 +134,7 @@ class Session(MutableMapping[str, Any]):
     @property
     def principal(self) -> str | None:
         """The authenticated user's name, or None. Settable; replicates."""
-        return self._meta.get("principal", self._principal)  # type: ignore[no-any-return]
+        return self._meta.get("principal", self._principal)
 
     @principal.setter
     def principal(self, name: str | None) -> None:
@@ -145,7 +145,7 @@ class Session(MutableMapping[str, Any]):
     @property
     def auth_type(self) -> str | None:
         """How the user authenticated (``"FORM"``, ``"BASIC"``, …), or None. Settable; replicates."""
-        return self._meta.get("auth_type", self._auth_type)  # type: ignore[no-any-return]
+        return self._meta.get("auth_type", self._auth_type)
 
     @auth_type.setter
     def auth_type(self, value: str | None) -> None:

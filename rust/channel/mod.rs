@@ -479,7 +479,12 @@ pub(crate) struct Link {
 impl Link {
     /// Sends `data` to one member that need not be in the view yet (an answer to a member that
     /// asked before this member heard its heartbeat).
-    pub(crate) fn send_direct(&self, data: &[u8], member: &Arc<Member>, options: u32) -> Result<()> {
+    pub(crate) fn send_direct(
+        &self,
+        data: &[u8],
+        member: &Arc<Member>,
+        options: u32,
+    ) -> Result<()> {
         let faulty = self.send_to(
             &self.shared,
             &self.handle,

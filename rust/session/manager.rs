@@ -355,7 +355,9 @@ impl Manager {
 
     /// Sends an answer to a member that asked, in the view or not yet.
     fn answer(&self, body: &Body, to: &Arc<Member>, options: u32) -> Result<()> {
-        let r = self.link.send_direct(&encode(&self.name, body), to, options);
+        let r = self
+            .link
+            .send_direct(&encode(&self.name, body), to, options);
         if let Err(e) = &r {
             crate::stats::inc(&self.stats.send_failures);
             log::warn!(target: "tribes::session", "manager {}: answering {to} ({}) failed: {e}",
