@@ -501,7 +501,7 @@ mod tests {
 
     #[test]
     fn deltas_converge_in_any_order() {
-        let ds = vec![
+        let ds = [
             delta("s", 1, 1, vec![set("a", b"1"), set("b", b"1")]),
             delta("s", 2, 2, vec![set("a", b"2")]),
             delta("s", 2, 1, vec![set("a", b"x"), set("c", b"1")]),
@@ -578,5 +578,86 @@ mod tests {
         let applied = t.merge(&old, Role::Copy);
         assert_eq!(applied.stale, 1);
         assert_eq!(attrs(&t, "s")[0].1, Bytes::from_static(b"new"));
+    }
+
+    mod converge {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn action() -> impl Strategy<Value = Action> {
+            let name = prop::sample::select(vec!["a", "b", "c", "d"]);
+            prop_oneof![
+                (name.clone(), any::<u8>()).prop_map(|(n, v)| Action::Attribute(
+                    n.to_string(),
+                    Some(Bytes::from(vec![v]))
+                )),
+                name.prop_map(|n| Action::Attribute(n.to_string(), None)),
+                any::<bool>().prop_map(Action::IsNew),
+                (0i32..100).prop_map(Action::MaxInactive),
+                prop::option::of("[a-z]{1,3}").prop_map(Action::Principal),
+            ]
+        }
+
+        /// Deltas as three writers would make them: each writer stamps one above the highest
+        /// version it has seen (it sees only its own writes here: the concurrent worst case).
+        fn deltas() -> impl Strategy<Value = Vec<Delta>> {
+            prop::collection::vec((0u64..3, prop::collection::vec(action(), 1..4)), 1..12).prop_map(
+                |writes| {
+                    let mut seen = [0u64; 3];
+                    writes
+                        .into_iter()
+                        .map(|(w, actions)| {
+                            seen[w as usize] += 1;
+                            Delta {
+                                id: "s".into(),
+                                created_ms: 1,
+                                last_accessed_ms: 2,
+                                stamp: Stamp::new(seen[w as usize], w),
+                                actions,
+                            }
+                        })
+                        .collect()
+                },
+            )
+        }
+
+        fn state(t: &Table) -> String {
+            let e = t.get("s").unwrap();
+            let mut attrs: Vec<_> = e.live_attrs().collect();
+            attrs.sort();
+            format!(
+                "{attrs:?} {:?} {:?} {:?}",
+                e.is_new.value, e.max_inactive.value, e.principal.value
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn any_order_and_duplicates_converge(
+                ds in deltas(),
+                order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
+            ) {
+                let mut a = Table::default();
+                for d in &ds {
+                    a.apply_delta(d, 1800, Role::Copy);
+                }
+                // The same deltas shuffled, some delivered twice.
+                let mut shuffled: Vec<&Delta> = ds.iter().chain(ds.iter().step_by(2)).collect();
+                let mut seed = order;
+                for i in (1..shuffled.len()).rev() {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    shuffled.swap(i, (seed >> 33) as usize % (i + 1));
+                }
+                let mut b = Table::default();
+                for d in shuffled {
+                    b.apply_delta(d, 1800, Role::Copy);
+                }
+                prop_assert_eq!(state(&a), state(&b));
+                // A whole-session merge (state transfer) of one replica into an empty table agrees too.
+                let mut c = Table::default();
+                c.merge(&a.get("s").unwrap().to_wire("s", true), Role::Copy);
+                prop_assert_eq!(state(&a), state(&c));
+            }
+        }
     }
 }
