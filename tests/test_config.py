@@ -26,6 +26,7 @@ from tribes.config import (
     send_options_to_string,
 )
 from tribes.errors import ConfigError
+from tribes.manager_config import ManagerConfig
 
 DATA = Path(__file__).parent / "data"
 HOWTO_XML = DATA / "cluster-howto.xml"
@@ -33,7 +34,6 @@ BACKUP_XML = DATA / "cluster-howto-backup.xml"
 FULL_TOML = DATA / "cluster-full.toml"
 
 HOWTO_UNSUPPORTED = (
-    "Manager(org.apache.catalina.ha.session.DeltaManager)",
     "Receiver@selectorTimeout",
     "Receiver@maxThreads",
     "Valve(org.apache.catalina.ha.tcp.ReplicationValve)",
@@ -730,6 +730,7 @@ def test_cluster_howto_default_example_loads(caplog: pytest.LogCaptureFixture) -
     assert cfg.unsupported == HOWTO_UNSUPPORTED
     # channelSendOptions="async"
     assert cfg.send_option_bits == 8
+    assert cfg.managers == {"*": ManagerConfig(kind="delta")}
     assert cfg.membership == MembershipConfig(
         address="228.0.0.4", port=45564, frequency_ms=500, drop_time_ms=3000
     )
@@ -761,8 +762,8 @@ def test_cluster_howto_backup_manager_example_loads(caplog: pytest.LogCaptureFix
     assert cfg.send_option_bits == 6
     assert (cfg.receiver.address, cfg.receiver.port) == ("auto", 5000)
     assert [i.name for i in cfg.interceptors] == ["failure_detector", "dispatch", "throughput"]
+    assert cfg.managers["*"] == ManagerConfig(kind="backup", send_mode="sync")
     assert cfg.unsupported == (
-        "Manager(org.apache.catalina.ha.session.BackupManager)",
         "Receiver@selectorTimeout",
         "Receiver@maxThreads",
         "Valve(org.apache.catalina.ha.tcp.ReplicationValve)",

@@ -856,7 +856,7 @@ pub fn session_message(data: &[u8]) {
     } else {
         let _ = session_msg::decode(data).map_err(|e| e.to_string());
     }
-    if false && data.first().is_some_and(|b| b & 1 == 1) {
+    if data.first().is_some_and(|b| b & 1 == 1) {
         let mut inp = Input::new(&data[1..]);
         let kind = inp.u8();
         // Names longer than MAX_NAME bytes are cut by `encode` (documented): keep within it.

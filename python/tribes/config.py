@@ -35,6 +35,7 @@ import difflib
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -1464,6 +1465,8 @@ def _toml_value(value: object, text: bool = True) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
     if isinstance(value, str):
         return _toml_string(value)
     if isinstance(value, list | tuple):
@@ -1564,6 +1567,17 @@ _XML_CLUSTER_ATTRS: _AttrMap = {
     "clusterName": ("name", _x_str),
 }
 _XML_CHANNEL_CLASSES = {_TRIBES + "group.GroupChannel"}
+_XML_MANAGER_CLASSES = {_HA + "session.DeltaManager": "delta", _HA + "session.BackupManager": "backup"}
+_XML_MANAGER_ATTRS: _AttrMap = {
+    "maxInactiveInterval": ("max_inactive", _x_int),
+    "maxActiveSessions": ("max_active", _x_int),
+    "stateTransferTimeout": ("state_transfer_timeout", _x_int),
+    "sendAllSessionsSize": ("state_transfer_batch", _x_int),
+    "sessionAttributeNameFilter": ("attribute_filter", _x_str),
+    "notifyListenersOnReplication": ("notify_listeners_on_replication", _x_bool),
+    "rpcTimeout": ("rpc_timeout", lambda text: _x_int(text) / 1000.0),
+    "mapSendOptions": ("send_options", _x_send_options),
+}
 _XML_MCAST_CLASSES = {_TRIBES + "membership.McastService"}
 _XML_MCAST_ATTRS: _AttrMap = {
     "address": ("address", _x_str),
@@ -1679,6 +1693,23 @@ class _TomcatXmlReader:
                 fld = f"{section}.{key}" if section else key
                 raise ConfigError(f"{exc} (from {label}@{attr})", fld) from None
 
+    def read_manager(self, el: ET.Element) -> None:
+        """``<Manager>`` inside ``<Cluster>``, Tomcat's template for every application: ``managers["*"]``."""
+        cls = el.get("className")
+        kind = _XML_MANAGER_CLASSES.get(cls or "")
+        if kind is None:
+            self.report_element(el)
+            return
+        manager: dict[str, Any] = {"kind": kind}
+        # tribes' behaviour is Tomcat's default (replicas survive a member's shutdown).
+        handled = ["expireSessionsOnShutdown"] if el.get("expireSessionsOnShutdown") == "false" else []
+        self.attributes(el, "Manager", _XML_MANAGER_ATTRS, manager, 'managers."*"', handled)
+        send_options = manager.pop("send_options", None)
+        if send_options is not None:
+            bits = send_options_bits(send_options, 'managers."*".send_mode')
+            manager["send_mode"] = "async" if bits & 8 else ("sync" if bits & 4 else "ack")
+        self.data["managers"] = {"*": manager}
+
     def known_class(self, el: ET.Element, classes: set[str], default: bool = True) -> bool:
         """True if the element's className is one tribes maps (a missing className means the default)."""
         cls = el.get("className")
@@ -1696,7 +1727,9 @@ class _TomcatXmlReader:
         for child in el:
             if _local(child.tag) == "Channel":
                 self.read_channel(child)
-            else:  # Manager, Valve, Deployer, ClusterListener, …: later issues
+            elif _local(child.tag) == "Manager":
+                self.read_manager(child)
+            else:  # Valve, Deployer, ClusterListener, …: later issues
                 self.report_element(child)
         if self.membership or self.static_members:
             self.data["membership"] = dict(self.membership)
