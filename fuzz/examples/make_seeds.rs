@@ -386,8 +386,14 @@ fn main() {
         add("session_message", m);
     }
     // Built messages (odd first byte): kind selector, manager name, then the body's fields.
-    add("session_message", cat(&[&[1, 4], &[4], b"shop", &[2], &[0; 40]]));
-    add("session_message", cat(&[&[1, 5], &[4], b"shop", &[30], &[b'x'; 64]]));
+    add(
+        "session_message",
+        cat(&[&[1, 4], &[4], b"shop", &[2], &[0; 40]]),
+    );
+    add(
+        "session_message",
+        cat(&[&[1, 5], &[4], b"shop", &[30], &[b'x'; 64]]),
+    );
 
     let mut count = std::collections::BTreeMap::new();
     for (t, v) in seeds {
