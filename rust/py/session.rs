@@ -221,7 +221,7 @@ impl CoreManager {
     /// The state transfer's state.
     #[getter]
     fn transfer_state(&self) -> &'static str {
-        self.inner.transfer_state().as_str()
+        self.inner.current_transfer_state().as_str()
     }
 
     /// Posts replication events for listeners (on) or not.

@@ -1012,6 +1012,11 @@ impl Manager {
         tr.state
     }
 
+    /// The state transfer's state as it stands (no side effect).
+    pub fn current_transfer_state(&self) -> TransferState {
+        self.transfer.lock().state
+    }
+
     /// The state transfer's state, timing it out when past its deadline (from the worker tick).
     pub fn transfer_state(&self) -> TransferState {
         let (state, deadline) = {
