@@ -14,14 +14,7 @@ use std::path::{Path, PathBuf};
 /// Crash inputs (`<target>/crash-*`) whose panic is not fixed yet: replayed by
 /// [`open_crashes_still_panic`] instead, which fails once the core is fixed, so the entry is
 /// then removed from this list and the input becomes an ordinary regression test.
-const OPEN_CRASHES: &[&str] = &[
-    // `session::message::decode` refuses an AllData batch unless 60 bytes per session are left
-    // (`r.count(60, "sessions")`), but a session encodes in as few as 48 bytes (short id, small
-    // numbers, no attributes): `encode` writes batches that `decode` refuses. Built by the target
-    // from the input, and decoded from over-long varints then re-encoded, respectively.
-    "session_message/crash-alldata-built-short-session",
-    "session_message/crash-alldata-reencoded-short-session",
-];
+const OPEN_CRASHES: &[&str] = &[];
 
 fn corpus_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/fuzz")

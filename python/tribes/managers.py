@@ -272,7 +272,10 @@ class SessionManager:
         return iter(self._require().ids())
 
     def __contains__(self, session_id: object) -> bool:
-        return isinstance(session_id, str) and self._require().peek(session_id) is not None
+        if not isinstance(session_id, str):
+            return False
+        found = self._require().peek(session_id)
+        return found is not None and found[1] != "proxy"
 
     def process_expires(self, now: float | None = None) -> list[str]:
         """Expire the sessions idle past their limit as of ``now`` (default: now); returns their ids.

@@ -580,7 +580,7 @@ pub fn decode(payload: &[u8]) -> Result<Message, MessageError> {
         },
         12 => {
             let request = r.uv("request")?;
-            let n = r.count(60, "sessions")?;
+            let n = r.count(48, "sessions")?;
             let mut sessions = Vec::with_capacity(n);
             for _ in 0..n {
                 sessions.push(r.session()?);
