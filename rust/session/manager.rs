@@ -25,6 +25,8 @@ use crate::transport::probe::now_ms;
 use crate::wire::options::{ASYNCHRONOUS, SYNCHRONIZED_ACK, USE_ACK};
 
 const NO_MEMBER: MemberId = [0; 16];
+/// Most messages parked while a state transfer runs.
+const MAX_TRANSFER_QUEUE: usize = 1_000_000;
 
 /// Which of Tomcat's managers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +149,8 @@ struct Transfer {
     request: u64,
     /// Members still to ask, oldest first.
     candidates: Vec<Arc<Member>>,
+    /// The member asked now.
+    source: Option<MemberId>,
     deadline: Instant,
     /// Messages that arrived while it ran, applied after it.
     queue: Vec<(MemberId, Body)>,
@@ -276,6 +280,7 @@ impl Manager {
                 state: TransferState::NotNeeded,
                 request: 0,
                 candidates: Vec::new(),
+                source: None,
                 deadline: Instant::now(),
                 queue: Vec::new(),
             }),
@@ -611,6 +616,16 @@ impl Manager {
             e.last_replicated_ms = now;
             (Body::Delta(delta), self.change_targets(e))
         };
+        if self.settings.kind == Kind::Backup
+            && targets.as_ref().is_some_and(|t| t.is_empty())
+            && !self.members().is_empty()
+        {
+            // Its backup left and has not been replaced yet: a new backup gets the whole session
+            // (this change included) before the commit returns.
+            crate::stats::inc(&self.stats.sessions_rebacked);
+            self.publish(id, &[]);
+            return Ok(true);
+        }
         crate::stats::inc(&self.stats.deltas_sent);
         self.send(&body, targets.as_deref(), self.mode())?;
         Ok(true)
@@ -861,8 +876,16 @@ impl Manager {
         }
     }
 
-    /// A member left: restore two copies of every session it held (BackupManager).
+    /// A member left: ask another for the sessions if it was the transfer's source, and (for a
+    /// BackupManager) restore two copies of every session it held.
     pub(crate) fn on_member_gone(&self, gone: &Member) {
+        let was_source = {
+            let tr = self.transfer.lock();
+            tr.state == TransferState::Running && tr.source == Some(gone.packet.unique_id)
+        };
+        if was_source {
+            self.ask_next();
+        }
         if self.settings.kind != Kind::Backup {
             return;
         }
@@ -958,6 +981,7 @@ impl Manager {
                     return;
                 };
                 tr.request = self.next_request.fetch_add(1, Ordering::Relaxed);
+                tr.source = Some(next.packet.unique_id);
                 (next, tr.request)
             };
             log::debug!(target: "tribes::session", "manager {}: asking {next} for all sessions", self.name);
@@ -1164,7 +1188,8 @@ impl Manager {
             other => {
                 {
                     let mut tr = self.transfer.lock();
-                    if tr.state == TransferState::Running {
+                    // Stamps make applying at once safe too: past the cap, memory wins.
+                    if tr.state == TransferState::Running && tr.queue.len() < MAX_TRANSFER_QUEUE {
                         crate::stats::inc(&self.stats.transfer_queued);
                         tr.queue.push((from, other));
                         return;
