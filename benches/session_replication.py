@@ -74,7 +74,7 @@ MODES = (("async", "async"), ("ack", "use_ack"), ("sync", "use_ack,sync"))  # ma
 CHILD_LIFETIME_S = 600.0  # a child process exits after this, whatever happens
 CMD_TIMEOUT_S = 30.0
 RAW_CHUNK = 1 << 20
-BUSY_LOADAVG = 0.5  # 1-minute load average per core above which the machine is not quiet
+BUSY_CORES = 0.25  # other processes busier than this (cores, on average over the run): warn
 
 
 def log(msg: str) -> None:
@@ -97,6 +97,19 @@ def _status_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_snapshot() -> tuple[float, float]:
+    """(CPU seconds the whole machine spent busy, from /proc/stat; CPU seconds of this process and of its
+    children that have been waited for)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        busy = (values[0] + values[1] + values[2]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        busy = 0.0
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system
 
 
 def free_mcast_port(used: set[int]) -> int:
@@ -432,6 +445,9 @@ class CommitBench:
                 res["payload"] = len(payload)
                 base = self.channel_round(options, payload)
                 res["channel"].append(base)
+                for what, r in ((f"commits {mode}", row), (f"channel {options}", base)):
+                    if r["send_failures"]:
+                        self.anomalies.append(f"{what}: {r['send_failures']} send failures, round {rnd + 1}")
                 log(
                     f"round {rnd + 1}/{self.s.commit_rounds} {mode:<5} commit {row['rate']:>9,.0f}/s "
                     f"median {row['median_us']:6.1f} µs | channel {options:<12} {base['rate']:>9,.0f}/s "
@@ -1014,8 +1030,8 @@ def report(doc: dict[str, Any]) -> None:
     print(" ".join(notes))
     print(
         f"Machine: nproc={m['nproc']}, CPU {m['cpu']}, Linux {m['kernel']}; Python {m['python']}; "
-        f"tribes {meta['tribes_version']}; mode {meta['mode']}; load average at start {meta['loadavg']:.2f}; "
-        f"elapsed {meta['elapsed_s']:.0f} s."
+        f"tribes {meta['tribes_version']}; mode {meta['mode']}; elapsed {meta['elapsed_s']:.0f} s, during "
+        f"which other processes kept {meta['other_cores']:.2f} cores busy on average."
     )
     if targets:
         print(
@@ -1026,8 +1042,11 @@ def report(doc: dict[str, Any]) -> None:
             )
             + "."
         )
-    if meta["loadavg"] > BUSY_LOADAVG * m["nproc"]:
-        print("WARNING: the machine was busy when the run started (load average): figures are low and noisy.")
+    if meta["other_cores"] > BUSY_CORES:
+        print(
+            "WARNING: the machine was not quiet (other processes were busy meanwhile): figures are low and "
+            "noisy; rerun on an idle machine."
+        )
     for a in doc.get("anomalies", []):
         print(f"ANOMALY: {a}")
     doc["targets"] = targets
@@ -1094,7 +1113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = t_start + s.budget_s
     used_ports: set[int] = set()
     doc: dict[str, Any] = {"anomalies": []}
-    loadavg = os.getloadavg()[0]
+    cpu0 = cpu_snapshot()
     try:
         if "codec" in sections:
             log("codec: tribes.codec vs pickle, per attribute")
@@ -1112,13 +1131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc["transfer"] = transfer_section(s, used_ports, deadline)
     finally:
         signal.alarm(0)
+    cpu1 = cpu_snapshot()
+    elapsed = time.monotonic() - t_start
+    other_cores = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / elapsed
     doc["meta"] = {
         "machine": machine(),
         "tribes_version": tribes.__version__,
         "mode": "quick" if args.quick else "full",
         "settings": asdict(s),
-        "loadavg": loadavg,
-        "elapsed_s": time.monotonic() - t_start,
+        "other_cores": other_cores,
+        "elapsed_s": elapsed,
     }
     report(doc)
     if args.json:
