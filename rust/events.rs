@@ -6,7 +6,7 @@
 //! (asynchronously) for room, which pushes back on the TCP connection instead of dropping data.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{oneshot, Semaphore};
@@ -46,6 +46,7 @@ pub enum Event {
 pub struct EventQueue {
     tx: Sender<Event>,
     permits: Arc<Semaphore>,
+    closed: Arc<AtomicBool>,
 }
 
 /// The draining side, owned by the bindings.
@@ -53,6 +54,7 @@ pub struct EventQueue {
 pub struct EventReceiver {
     rx: Receiver<Event>,
     permits: Arc<Semaphore>,
+    closed: Arc<AtomicBool>,
 }
 
 /// A log record on its way to Python.
@@ -81,16 +83,28 @@ pub struct Batch {
 pub fn event_queue(capacity: usize) -> (EventQueue, EventReceiver) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let permits = Arc::new(Semaphore::new(capacity.max(1)));
+    let closed = Arc::new(AtomicBool::new(false));
     (
         EventQueue {
             tx,
             permits: permits.clone(),
+            closed: closed.clone(),
         },
-        EventReceiver { rx, permits },
+        EventReceiver {
+            rx,
+            permits,
+            closed,
+        },
     )
 }
 
 impl EventQueue {
+    /// Marks the queue closed: once drained, the receiver reports `closed` even if a sender
+    /// (held by an object Python still references) is alive.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
     /// Posts an event, waiting asynchronously while the queue is full.
     pub async fn post(&self, event: Event) {
         if let Ok(permit) = self.permits.acquire().await {
@@ -143,6 +157,9 @@ impl EventReceiver {
                 Ok(r) => batch.logs.push(r),
                 Err(_) => break,
             }
+        }
+        if self.closed.load(Ordering::Acquire) && self.rx.is_empty() {
+            batch.closed = true;
         }
         self.permits.add_permits(batch.events.len());
         batch

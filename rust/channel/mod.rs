@@ -389,7 +389,9 @@ impl Channel {
         drop(mcast);
         // Dropping the runtime cancels every task (closing their sockets) and joins its threads.
         runtime.shutdown_timeout(Duration::from_secs(5));
-        // The event queue closes once the last sender (held by `shared`) is gone.
+        // The event queue closes once drained, even if Python still holds a manager (whose link
+        // keeps a sender alive).
+        shared.events.close();
         drop(shared);
         log::info!(target: "tribes::channel", "channel {} stopped", self.cfg.name);
     }

@@ -185,11 +185,11 @@ impl SessionView {
             last_accessed_ms: e.last_accessed_ms,
             max_inactive: e.max_inactive.value,
             is_new: e.is_new.value,
-            principal: e.principal.value.clone(),
-            auth_type: e.auth_type.value.clone(),
+            principal: e.principal().value.clone(),
+            auth_type: e.auth_type().value.clone(),
             attrs: e
                 .live_attrs()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.to_owned(), v.clone()))
                 .collect(),
         }
     }
@@ -328,6 +328,10 @@ impl Manager {
         self.listening.store(on, Ordering::Relaxed);
     }
 
+    fn tracking(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
     fn members(&self) -> Arc<Vec<Arc<Member>>> {
         self.link.shared.view.read().clone()
     }
@@ -350,8 +354,18 @@ impl Manager {
         } else if self.members().is_empty() {
             return Ok(());
         }
-        let data = encode(&self.name, body);
-        let r = self.link.send(&data, to, options);
+        self.send_payload(&encode(&self.name, body), to, options)
+    }
+
+    fn send_payload(&self, data: &[u8], to: Option<&[MemberKey]>, options: u32) -> Result<()> {
+        if let Some(t) = to {
+            if t.is_empty() {
+                return Ok(());
+            }
+        } else if self.members().is_empty() {
+            return Ok(());
+        }
+        let r = self.link.send(data, to, options);
         if r.is_err() {
             crate::stats::inc(&self.stats.send_failures);
         }
@@ -562,7 +576,7 @@ impl Manager {
                 Some(_) => self.make_primary(id)?,
             }
         }
-        let (body, targets) = {
+        let (payload, targets) = {
             let mut t = self.table.lock();
             let Some(e) = t.get_mut(id) else {
                 return Ok(false);
@@ -570,10 +584,7 @@ impl Manager {
             let mut actions: Vec<Action> = Vec::with_capacity(writes.len() + meta.len());
             for w in writes {
                 if w.local {
-                    match w.value {
-                        Some(v) => e.local.insert(w.name, v),
-                        None => e.local.remove(&w.name),
-                    };
+                    e.set_local(w.name, w.value);
                 } else {
                     actions.push(Action::Attribute(w.name, w.value));
                 }
@@ -609,12 +620,18 @@ impl Manager {
                 stamp,
                 actions,
             };
+            // Encoded first, then the values move into this member's own copy (no clones).
+            let body = Body::Delta(delta);
+            let payload = encode(&self.name, &body);
+            let Body::Delta(delta) = body else {
+                unreachable!("built as a delta above")
+            };
             let mut applied = Applied::default();
-            for a in &delta.actions {
+            for a in delta.actions {
                 e.apply_action(stamp, a, &mut applied);
             }
             e.last_replicated_ms = now;
-            (Body::Delta(delta), self.change_targets(e))
+            (payload, self.change_targets(e))
         };
         if self.settings.kind == Kind::Backup
             && targets.as_ref().is_some_and(|t| t.is_empty())
@@ -627,7 +644,7 @@ impl Manager {
             return Ok(true);
         }
         crate::stats::inc(&self.stats.deltas_sent);
-        self.send(&body, targets.as_deref(), self.mode())?;
+        self.send_payload(&payload, targets.as_deref(), self.mode())?;
         Ok(true)
     }
 
@@ -825,7 +842,7 @@ impl Manager {
                 crate::stats::inc(&self.stats.sessions_fetched);
                 {
                     let mut t = self.table.lock();
-                    t.merge(&s, Role::Primary);
+                    t.merge(s, Role::Primary, false);
                     if let Some(e) = t.get_mut(id) {
                         e.role = Role::Primary;
                         e.primary = self.me;
@@ -1163,16 +1180,18 @@ impl Manager {
                     &self.stats.transfer_sessions_received,
                     sessions.len() as u64,
                 );
+                let track = self.tracking();
                 let mut t = self.table.lock();
                 for s in sessions {
-                    let a = t.merge(&s, role);
-                    if let Some(e) = t.get_mut(&s.id) {
+                    let (id, primary, backup) = (s.id.clone(), s.primary, s.backup);
+                    let a = t.merge(s, role, track);
+                    if let Some(e) = t.get_mut(&id) {
                         if self.settings.kind == Kind::Backup && e.role == Role::Proxy {
-                            e.primary = s.primary;
-                            e.backup = s.backup;
+                            e.primary = primary;
+                            e.backup = backup;
                         }
                     }
-                    self.applied_events(events, &s.id, a);
+                    self.applied_events(events, &id, a);
                 }
             }
             Body::TransferComplete { request, .. } => {
@@ -1238,10 +1257,12 @@ impl Manager {
             }
             Body::Delta(d) => {
                 crate::stats::inc(&self.stats.deltas_received);
+                let track = self.tracking();
+                let id = d.id.clone();
                 let mut t = self.table.lock();
-                let a = t.apply_delta(&d, self.settings.max_inactive, Role::Copy);
+                let a = t.apply_delta(d, self.settings.max_inactive, Role::Copy, track);
                 if let Some(e) = t
-                    .resolve(&d.id)
+                    .resolve(&id)
                     .map(str::to_owned)
                     .and_then(|r| t.get_mut(&r))
                 {
@@ -1252,7 +1273,7 @@ impl Manager {
                     }
                 }
                 drop(t);
-                self.applied_events(events, &d.id, a);
+                self.applied_events(events, &id, a);
             }
             Body::Accessed {
                 id,
@@ -1282,23 +1303,24 @@ impl Manager {
                     if e.role == Role::Primary {
                         e.role = if backup_kind { Role::Proxy } else { Role::Copy };
                         if backup_kind {
-                            e.attrs.clear();
-                            e.local.clear();
+                            e.drop_data();
                         }
                     }
                 }
             }
             Body::Backup(s) => {
+                let (id, primary) = (s.id.clone(), s.primary);
+                let track = self.tracking();
                 let mut t = self.table.lock();
-                let a = t.merge(&s, Role::Copy);
-                if let Some(e) = t.get_mut(&s.id) {
+                let a = t.merge(s, Role::Copy, track);
+                if let Some(e) = t.get_mut(&id) {
                     e.role = Role::Copy;
-                    e.primary = s.primary;
+                    e.primary = primary;
                     e.backup = self.me;
                     e.last_accessed_ms = e.last_accessed_ms.max(now);
                 }
                 drop(t);
-                self.applied_events(events, &s.id, a);
+                self.applied_events(events, &id, a);
             }
             Body::Proxy {
                 id,
@@ -1321,8 +1343,7 @@ impl Manager {
                         } else if backup != self.me {
                             // An old primary or backup: the data now lives elsewhere.
                             e.role = Role::Proxy;
-                            e.attrs.clear();
-                            e.local.clear();
+                            e.drop_data();
                         }
                     }
                     None => {

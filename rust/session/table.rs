@@ -116,35 +116,61 @@ impl Role {
     }
 }
 
-/// A session as this member holds it.
+/// The rarely set parts of a session, boxed so that a typical entry stays small.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Principal.
+    pub principal: Stamped<Option<String>>,
+    /// Auth type.
+    pub auth_type: Stamped<Option<String>>,
+    /// Attributes the attribute filter keeps on this member only.
+    pub local: Vec<(String, Bytes)>,
+}
+
+static NO_EXTRA: Extra = Extra {
+    principal: Stamped {
+        stamp: Stamp {
+            version: 0,
+            writer: 0,
+        },
+        value: None,
+    },
+    auth_type: Stamped {
+        stamp: Stamp {
+            version: 0,
+            writer: 0,
+        },
+        value: None,
+    },
+    local: Vec::new(),
+};
+
+/// A session as this member holds it. Kept compact (one of these per session per replica): the
+/// attributes are a small vector searched linearly (sessions hold a handful), the rare fields sit
+/// behind one box.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Creation time, ms since the epoch.
     pub created_ms: i64,
     /// Last access, ms since the epoch.
     pub last_accessed_ms: i64,
+    /// When this member last sent something about it (Tomcat's lastTimeReplicated).
+    pub last_replicated_ms: i64,
+    /// Highest stamp version applied.
+    pub version: u64,
     /// Max inactive seconds.
     pub max_inactive: Stamped<i32>,
     /// Tomcat's isNew.
     pub is_new: Stamped<bool>,
-    /// Principal.
-    pub principal: Stamped<Option<String>>,
-    /// Auth type.
-    pub auth_type: Stamped<Option<String>>,
     /// Replicated attributes, with tombstones.
-    pub attrs: HashMap<String, Slot>,
-    /// Attributes the attribute filter keeps on this member only.
-    pub local: HashMap<String, Bytes>,
-    /// Highest stamp version applied.
-    pub version: u64,
+    pub attrs: Vec<(Box<str>, Slot)>,
+    extra: Option<Box<Extra>>,
     /// What this member holds.
     pub role: Role,
     /// BackupManager: where the primary is.
     pub primary: MemberId,
     /// BackupManager: where the backup is (zero: none).
     pub backup: MemberId,
-    /// When this member last sent something about it (Tomcat's lastTimeReplicated).
-    pub last_replicated_ms: i64,
 }
 
 /// An attribute change applied from the network, for listeners.
@@ -161,14 +187,26 @@ pub struct AttrChange {
 /// What applying a message did.
 #[derive(Debug, Default)]
 pub struct Applied {
+    /// Record attribute changes (only when listeners want them: it clones values).
+    pub track: bool,
     /// The session was created by it.
     pub created: bool,
-    /// Attribute changes.
+    /// Attribute changes (when tracking).
     pub changes: Vec<AttrChange>,
     /// Writes ignored because a newer stamp was already held.
     pub stale: u64,
     /// The session had ended; nothing applied.
     pub ended: bool,
+}
+
+impl Applied {
+    /// An outcome that records attribute changes if `track`.
+    pub fn tracking(track: bool) -> Self {
+        Applied {
+            track,
+            ..Applied::default()
+        }
+    }
 }
 
 impl Entry {
@@ -177,6 +215,8 @@ impl Entry {
         Entry {
             created_ms,
             last_accessed_ms: created_ms,
+            last_replicated_ms: created_ms,
+            version: 0,
             max_inactive: Stamped {
                 stamp: Stamp::default(),
                 value: max_inactive,
@@ -185,64 +225,107 @@ impl Entry {
                 stamp: Stamp::default(),
                 value: true,
             },
-            principal: Stamped::default(),
-            auth_type: Stamped::default(),
-            attrs: HashMap::new(),
-            local: HashMap::new(),
-            version: 0,
+            attrs: Vec::new(),
+            extra: None,
             role,
             primary: [0; 16],
             backup: [0; 16],
-            last_replicated_ms: created_ms,
+        }
+    }
+
+    fn extra(&self) -> &Extra {
+        self.extra.as_deref().unwrap_or(&NO_EXTRA)
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// The principal.
+    pub fn principal(&self) -> &Stamped<Option<String>> {
+        &self.extra().principal
+    }
+
+    /// The auth type.
+    pub fn auth_type(&self) -> &Stamped<Option<String>> {
+        &self.extra().auth_type
+    }
+
+    /// Sets (or with None removes) a local-only attribute.
+    pub fn set_local(&mut self, name: String, value: Option<Bytes>) {
+        let local = &mut self.extra_mut().local;
+        local.retain(|(k, _)| *k != name);
+        if let Some(v) = value {
+            local.push((name, v));
+        }
+    }
+
+    /// Drops the data (a member that holds only a proxy now).
+    pub fn drop_data(&mut self) {
+        self.attrs = Vec::new();
+        if let Some(x) = self.extra.as_mut() {
+            x.local = Vec::new();
         }
     }
 
     /// Live attributes (replicated and local), encoded.
-    pub fn live_attrs(&self) -> impl Iterator<Item = (&String, &Bytes)> {
+    pub fn live_attrs(&self) -> impl Iterator<Item = (&str, &Bytes)> {
         self.attrs
             .iter()
-            .filter_map(|(k, s)| s.value.as_ref().map(|v| (k, v)))
-            .chain(self.local.iter())
+            .filter_map(|(k, s)| s.value.as_ref().map(|v| (&**k, v)))
+            .chain(self.extra().local.iter().map(|(k, v)| (k.as_str(), v)))
     }
 
     /// Number of live attributes.
     pub fn live_len(&self) -> usize {
-        self.attrs.values().filter(|s| s.value.is_some()).count() + self.local.len()
+        self.attrs.iter().filter(|(_, s)| s.value.is_some()).count() + self.extra().local.len()
+    }
+
+    /// Applies one attribute write under `stamp`; the value is moved in.
+    pub fn apply_attr(
+        &mut self,
+        stamp: Stamp,
+        name: &str,
+        value: Option<Bytes>,
+        out: &mut Applied,
+    ) {
+        self.version = self.version.max(stamp.version);
+        let new_for_event = if out.track { value.clone() } else { None };
+        let old = match self.attrs.iter().position(|(k, _)| &**k == name) {
+            Some(i) => {
+                let slot = &mut self.attrs[i].1;
+                if slot.stamp >= stamp {
+                    out.stale += 1;
+                    return;
+                }
+                slot.stamp = stamp;
+                std::mem::replace(&mut slot.value, value)
+            }
+            None => {
+                self.attrs.push((Box::from(name), Slot { stamp, value }));
+                None
+            }
+        };
+        if out.track && old != new_for_event {
+            out.changes.push(AttrChange {
+                name: name.to_owned(),
+                old,
+                new: new_for_event,
+            });
+        }
     }
 
     /// Applies one action under `stamp`.
-    pub fn apply_action(&mut self, stamp: Stamp, action: &Action, out: &mut Applied) {
+    pub fn apply_action(&mut self, stamp: Stamp, action: Action, out: &mut Applied) {
         let applied = match action {
             Action::Attribute(name, value) => {
-                let slot = self.attrs.get(name);
-                match slot {
-                    Some(s) if s.stamp >= stamp => false,
-                    _ => {
-                        let old = self
-                            .attrs
-                            .insert(
-                                name.clone(),
-                                Slot {
-                                    stamp,
-                                    value: value.clone(),
-                                },
-                            )
-                            .and_then(|s| s.value);
-                        if old != *value {
-                            out.changes.push(AttrChange {
-                                name: name.clone(),
-                                old,
-                                new: value.clone(),
-                            });
-                        }
-                        true
-                    }
-                }
+                self.apply_attr(stamp, &name, value, out);
+                return;
             }
-            Action::Principal(p) => self.principal.offer(stamp, p.clone()),
-            Action::IsNew(b) => self.is_new.offer(stamp, *b),
-            Action::MaxInactive(s) => self.max_inactive.offer(stamp, *s),
-            Action::AuthType(t) => self.auth_type.offer(stamp, t.clone()),
+            Action::Principal(p) => self.extra_mut().principal.offer(stamp, p),
+            Action::IsNew(b) => self.is_new.offer(stamp, b),
+            Action::MaxInactive(s) => self.max_inactive.offer(stamp, s),
+            Action::AuthType(t) => self.extra_mut().auth_type.offer(stamp, t),
         };
         if !applied {
             out.stale += 1;
@@ -250,28 +333,29 @@ impl Entry {
         self.version = self.version.max(stamp.version);
     }
 
-    /// Merges a whole session in, field by field by stamp.
-    pub fn merge(&mut self, s: &WireSession, out: &mut Applied) {
+    /// Merges a whole session in, field by field by stamp; values are moved in.
+    pub fn merge(&mut self, s: WireSession, out: &mut Applied) {
         self.created_ms = self.created_ms.min(s.created_ms);
         self.last_accessed_ms = self.last_accessed_ms.max(s.last_accessed_ms);
-        let mut v = s.max_inactive.stamp.version;
-        self.max_inactive
-            .offer(s.max_inactive.stamp, s.max_inactive.value);
-        self.is_new.offer(s.is_new.stamp, s.is_new.value);
-        self.principal
-            .offer(s.principal.stamp, s.principal.value.clone());
-        self.auth_type
-            .offer(s.auth_type.stamp, s.auth_type.value.clone());
-        v = v
+        let v = s
+            .max_inactive
+            .stamp
+            .version
             .max(s.is_new.stamp.version)
             .max(s.principal.stamp.version)
             .max(s.auth_type.stamp.version);
-        for (name, slot) in &s.attrs {
-            self.apply_action(
-                slot.stamp,
-                &Action::Attribute(name.clone(), slot.value.clone()),
-                out,
-            );
+        self.max_inactive
+            .offer(s.max_inactive.stamp, s.max_inactive.value);
+        self.is_new.offer(s.is_new.stamp, s.is_new.value);
+        if s.principal.stamp > self.principal().stamp {
+            self.extra_mut().principal = s.principal;
+        }
+        if s.auth_type.stamp > self.auth_type().stamp {
+            self.extra_mut().auth_type = s.auth_type;
+        }
+        self.attrs.reserve(s.attrs.len());
+        for (name, slot) in s.attrs {
+            self.apply_attr(slot.stamp, &name, slot.value, out);
         }
         self.version = self.version.max(v);
     }
@@ -284,14 +368,14 @@ impl Entry {
             last_accessed_ms: self.last_accessed_ms,
             max_inactive: self.max_inactive.clone(),
             is_new: self.is_new.clone(),
-            principal: self.principal.clone(),
-            auth_type: self.auth_type.clone(),
+            principal: self.principal().clone(),
+            auth_type: self.auth_type().clone(),
             primary: self.primary,
             backup: self.backup,
             attrs: if with_attrs {
                 self.attrs
                     .iter()
-                    .map(|(k, s)| (k.clone(), s.clone()))
+                    .map(|(k, s)| (k.to_string(), s.clone()))
                     .collect()
             } else {
                 Vec::new()
@@ -376,8 +460,14 @@ impl Table {
     }
 
     /// Applies a delta; creates the session if unknown (so a first change is never lost).
-    pub fn apply_delta(&mut self, d: &Delta, default_inactive: i32, role: Role) -> Applied {
-        let mut out = Applied::default();
+    pub fn apply_delta(
+        &mut self,
+        d: Delta,
+        default_inactive: i32,
+        role: Role,
+        track: bool,
+    ) -> Applied {
+        let mut out = Applied::tracking(track);
         let Some(id) = self.resolve(&d.id).map(str::to_owned) else {
             out.ended = true;
             return out;
@@ -388,15 +478,15 @@ impl Table {
         });
         entry.created_ms = entry.created_ms.min(d.created_ms);
         entry.last_accessed_ms = entry.last_accessed_ms.max(d.last_accessed_ms);
-        for a in &d.actions {
+        for a in d.actions {
             entry.apply_action(d.stamp, a, &mut out);
         }
         out
     }
 
     /// Merges a whole session (state transfer, backup); creates it if unknown and not ended.
-    pub fn merge(&mut self, s: &WireSession, role: Role) -> Applied {
-        let mut out = Applied::default();
+    pub fn merge(&mut self, s: WireSession, role: Role, track: bool) -> Applied {
+        let mut out = Applied::tracking(track);
         let Some(id) = self.resolve(&s.id).map(str::to_owned) else {
             out.ended = true;
             return out;
@@ -434,9 +524,12 @@ impl Table {
         };
         match self.sessions.get_mut(new) {
             Some(existing) => {
+                let local = entry.extra().local.clone();
                 let wire = entry.to_wire(new, true);
-                existing.merge(&wire, &mut Applied::default());
-                existing.local.extend(entry.local);
+                existing.merge(wire, &mut Applied::default());
+                for (k, v) in local {
+                    existing.set_local(k, Some(v));
+                }
             }
             None => {
                 self.sessions.insert(new.to_owned(), entry);
@@ -493,7 +586,7 @@ mod tests {
             .get(id)
             .unwrap()
             .live_attrs()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_owned(), v.clone()))
             .collect();
         v.sort();
         v
@@ -515,7 +608,7 @@ mod tests {
         for p in perms {
             let mut t = Table::default();
             for &i in &p {
-                t.apply_delta(&ds[i], 1800, Role::Copy);
+                t.apply_delta(ds[i].clone(), 1800, Role::Copy, false);
             }
             let got = attrs(&t, "s");
             match &reference {
@@ -547,15 +640,35 @@ mod tests {
     #[test]
     fn an_ended_session_is_not_resurrected_and_renames_redirect() {
         let mut t = Table::default();
-        t.apply_delta(&delta("s", 1, 1, vec![set("a", b"1")]), 1800, Role::Copy);
+        t.apply_delta(
+            delta("s", 1, 1, vec![set("a", b"1")]).clone(),
+            1800,
+            Role::Copy,
+            false,
+        );
         assert!(t.end("s", 100).is_some());
-        let applied = t.apply_delta(&delta("s", 2, 1, vec![set("a", b"2")]), 1800, Role::Copy);
+        let applied = t.apply_delta(
+            delta("s", 2, 1, vec![set("a", b"2")]).clone(),
+            1800,
+            Role::Copy,
+            false,
+        );
         assert!(applied.ended);
         assert!(t.get("s").is_none());
 
-        t.apply_delta(&delta("o", 1, 1, vec![set("a", b"1")]), 1800, Role::Copy);
+        t.apply_delta(
+            delta("o", 1, 1, vec![set("a", b"1")]).clone(),
+            1800,
+            Role::Copy,
+            false,
+        );
         assert!(t.rename("o", "n", 100));
-        t.apply_delta(&delta("o", 2, 1, vec![set("b", b"2")]), 1800, Role::Copy);
+        t.apply_delta(
+            delta("o", 2, 1, vec![set("b", b"2")]).clone(),
+            1800,
+            Role::Copy,
+            false,
+        );
         assert_eq!(attrs(&t, "n").len(), 2);
         assert!(t.get("o").is_none());
         // Ended ids are forgotten after the keep window.
@@ -566,7 +679,12 @@ mod tests {
     #[test]
     fn merge_of_whole_sessions_is_by_stamp() {
         let mut t = Table::default();
-        t.apply_delta(&delta("s", 5, 1, vec![set("a", b"new")]), 1800, Role::Copy);
+        t.apply_delta(
+            delta("s", 5, 1, vec![set("a", b"new")]).clone(),
+            1800,
+            Role::Copy,
+            false,
+        );
         let mut old = t.get("s").unwrap().to_wire("s", true);
         old.attrs = vec![(
             "a".into(),
@@ -575,7 +693,7 @@ mod tests {
                 value: Some(Bytes::from_static(b"old")),
             },
         )];
-        let applied = t.merge(&old, Role::Copy);
+        let applied = t.merge(old, Role::Copy, false);
         assert_eq!(applied.stale, 1);
         assert_eq!(attrs(&t, "s")[0].1, Bytes::from_static(b"new"));
     }
@@ -627,7 +745,9 @@ mod tests {
             attrs.sort();
             format!(
                 "{attrs:?} {:?} {:?} {:?}",
-                e.is_new.value, e.max_inactive.value, e.principal.value
+                e.is_new.value,
+                e.max_inactive.value,
+                e.principal().value
             )
         }
 
@@ -639,7 +759,7 @@ mod tests {
             ) {
                 let mut a = Table::default();
                 for d in &ds {
-                    a.apply_delta(d, 1800, Role::Copy);
+                    a.apply_delta(d.clone(), 1800, Role::Copy, false);
                 }
                 // The same deltas shuffled, some delivered twice.
                 let mut shuffled: Vec<&Delta> = ds.iter().chain(ds.iter().step_by(2)).collect();
@@ -650,12 +770,12 @@ mod tests {
                 }
                 let mut b = Table::default();
                 for d in shuffled {
-                    b.apply_delta(d, 1800, Role::Copy);
+                    b.apply_delta(d.clone(), 1800, Role::Copy, false);
                 }
                 prop_assert_eq!(state(&a), state(&b));
                 // A whole-session merge (state transfer) of one replica into an empty table agrees too.
                 let mut c = Table::default();
-                c.merge(&a.get("s").unwrap().to_wire("s", true), Role::Copy);
+                c.merge(a.get("s").unwrap().to_wire("s", true), Role::Copy, false);
                 prop_assert_eq!(state(&a), state(&c));
             }
         }
