@@ -285,7 +285,7 @@ impl Entry {
     pub fn apply_attr(
         &mut self,
         stamp: Stamp,
-        name: &str,
+        name: String,
         value: Option<Bytes>,
         out: &mut Applied,
     ) {
@@ -302,13 +302,31 @@ impl Entry {
                 std::mem::replace(&mut slot.value, value)
             }
             None => {
-                self.attrs.push((Box::from(name), Slot { stamp, value }));
+                if self.attrs.len() == self.attrs.capacity() {
+                    // Exact growth while small: a Vec would otherwise reserve room for four
+                    // attributes (256 bytes) in every session that holds one.
+                    let more = if self.attrs.len() < 4 {
+                        1
+                    } else {
+                        self.attrs.len()
+                    };
+                    self.attrs.reserve_exact(more);
+                }
+                let name = if out.track {
+                    Box::from(name.as_str())
+                } else {
+                    // Decoded names have exact capacity: this reuses the allocation.
+                    return self
+                        .attrs
+                        .push((name.into_boxed_str(), Slot { stamp, value }));
+                };
+                self.attrs.push((name, Slot { stamp, value }));
                 None
             }
         };
         if out.track && old != new_for_event {
             out.changes.push(AttrChange {
-                name: name.to_owned(),
+                name,
                 old,
                 new: new_for_event,
             });
@@ -319,7 +337,7 @@ impl Entry {
     pub fn apply_action(&mut self, stamp: Stamp, action: Action, out: &mut Applied) {
         let applied = match action {
             Action::Attribute(name, value) => {
-                self.apply_attr(stamp, &name, value, out);
+                self.apply_attr(stamp, name, value, out);
                 return;
             }
             Action::Principal(p) => self.extra_mut().principal.offer(stamp, p),
@@ -353,9 +371,9 @@ impl Entry {
         if s.auth_type.stamp > self.auth_type().stamp {
             self.extra_mut().auth_type = s.auth_type;
         }
-        self.attrs.reserve(s.attrs.len());
+        self.attrs.reserve_exact(s.attrs.len());
         for (name, slot) in s.attrs {
-            self.apply_attr(slot.stamp, &name, slot.value, out);
+            self.apply_attr(slot.stamp, name, slot.value, out);
         }
         self.version = self.version.max(v);
     }
@@ -454,6 +472,16 @@ impl Table {
         None
     }
 
+    /// The table key for a message's id: the id itself (moved, no copy) or where it was renamed
+    /// to; None if the session ended.
+    fn key_for(&self, id: String) -> Option<String> {
+        match self.resolve(&id) {
+            None => None,
+            Some(r) if r == id => Some(id),
+            Some(r) => Some(r.to_owned()),
+        }
+    }
+
     /// True when `id` ended here (expired or invalidated) within the remembered window.
     pub fn has_ended(&self, id: &str) -> bool {
         self.resolve(id).is_none()
@@ -468,11 +496,11 @@ impl Table {
         track: bool,
     ) -> Applied {
         let mut out = Applied::tracking(track);
-        let Some(id) = self.resolve(&d.id).map(str::to_owned) else {
+        let Some(key) = self.key_for(d.id) else {
             out.ended = true;
             return out;
         };
-        let entry = self.sessions.entry(id).or_insert_with(|| {
+        let entry = self.sessions.entry(key).or_insert_with(|| {
             out.created = true;
             Entry::new(d.created_ms, default_inactive, role)
         });
@@ -485,13 +513,13 @@ impl Table {
     }
 
     /// Merges a whole session (state transfer, backup); creates it if unknown and not ended.
-    pub fn merge(&mut self, s: WireSession, role: Role, track: bool) -> Applied {
+    pub fn merge(&mut self, mut s: WireSession, role: Role, track: bool) -> Applied {
         let mut out = Applied::tracking(track);
-        let Some(id) = self.resolve(&s.id).map(str::to_owned) else {
+        let Some(key) = self.key_for(std::mem::take(&mut s.id)) else {
             out.ended = true;
             return out;
         };
-        let entry = self.sessions.entry(id).or_insert_with(|| {
+        let entry = self.sessions.entry(key).or_insert_with(|| {
             out.created = true;
             let mut e = Entry::new(s.created_ms, s.max_inactive.value, role);
             e.max_inactive.stamp = Stamp::default();
