@@ -672,10 +672,6 @@ impl<'py> Build for PyBuilder<'py> {
         }
         let k = PyString::from_bytes(self.py, v).map_err(|e| self.fail("str", e))?;
         if self.keys.len() < KEY_CACHE_ENTRIES {
-            if self.keys.is_empty() {
-                self.keys.reserve(KEY_CACHE_ENTRIES);
-                self.key_text.reserve(KEY_CACHE_ENTRIES * 8);
-            }
             let at = self.key_text.len();
             self.key_text.extend_from_slice(v);
             self.keys.push((tag, at..self.key_text.len(), k.clone()));
