@@ -33,16 +33,13 @@ counted by the core and never cross into Python.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import queue
 import random
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -50,6 +47,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
+
+from bench_child import JsonChild
 
 PAYLOADS = (100, 1024, 10 * 1024)
 RAW_CHUNK = 1024
@@ -310,58 +309,14 @@ def receiver_main() -> int:
     return 0
 
 
-class Receiver:
+class Receiver(JsonChild):
     """The parent's handle on one receiver process."""
 
     def __init__(self, index: int) -> None:
+        super().__init__(__file__, "--receiver", f"receiver {index}", CMD_TIMEOUT_S, 15)
         self.index = index
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--receiver"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
         self.port = 0
         self.uid = ""
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put("")
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-    def answer(self, timeout: float = CMD_TIMEOUT_S) -> dict[str, Any]:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise RuntimeError(f"receiver {self.index}: no answer within {timeout:g} s") from None
-        if not line:
-            raise RuntimeError(f"receiver {self.index} exited (code {self.proc.poll()})")
-        obj: dict[str, Any] = json.loads(line)
-        if "error" in obj:
-            raise RuntimeError(f"receiver {self.index}: {obj['error']}")
-        return obj
-
-    def call(self, command: str, timeout: float = CMD_TIMEOUT_S) -> dict[str, Any]:
-        self.send(command)
-        return self.answer(timeout)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.send("quit")
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
 
 
 def call_all(

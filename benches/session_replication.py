@@ -48,13 +48,11 @@ import json
 import os
 import pickle
 import platform
-import queue
 import random
 import secrets
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -62,6 +60,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from bench_child import JsonChild
 
 # Targets from the issue.
 TARGET_CODEC_RATIO = 5.0  # pickle / tribes.codec, encode + decode of a typical change
@@ -590,55 +590,11 @@ def _child_dict(n: int, value_bytes: int) -> dict[str, Any]:
     return {"sessions": len(store), "rss_before": rss0, "rss_after": rss1}
 
 
-class Child:
+class Child(JsonChild):
     """The parent's handle on a child process."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--child"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put("")
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-    def answer(self, timeout: float = CMD_TIMEOUT_S) -> dict[str, Any]:
-        try:
-            line = self.lines.get(timeout=max(0.1, timeout))
-        except queue.Empty:
-            raise RuntimeError(f"child: no answer within {timeout:g} s") from None
-        if not line:
-            raise RuntimeError(f"child exited (code {self.proc.poll()})")
-        obj: dict[str, Any] = json.loads(line)
-        if "error" in obj:
-            raise RuntimeError(f"child: {obj['error']}")
-        return obj
-
-    def call(self, command: str, timeout: float = CMD_TIMEOUT_S) -> dict[str, Any]:
-        self.send(command)
-        return self.answer(timeout)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.send("quit")
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        super().__init__(__file__, "--child", "child", CMD_TIMEOUT_S, 20)
 
 
 def raw_tcp(child: Child, nbytes: int) -> dict[str, Any]:

@@ -2,24 +2,28 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Declares a struct of named relaxed atomic counters with a `snapshot()` of (name, value) pairs.
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// All counters of a channel; each is a relaxed atomic.
+    ($(#[$sdoc:meta])* $struct:ident { $($(#[$doc:meta])* $name:ident),* $(,)? }) => {
+        $(#[$sdoc])*
         #[derive(Debug, Default)]
-        pub struct Stats {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+        pub struct $struct {
+            $($(#[$doc])* pub $name: std::sync::atomic::AtomicU64,)*
         }
 
-        impl Stats {
-            /// (name, value) pairs, for Python's `cluster.stats()`.
+        impl $struct {
+            /// (name, value) pairs, for Python's `stats()` dicts.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+                vec![$((stringify!($name), self.$name.load(std::sync::atomic::Ordering::Relaxed)),)*]
             }
         }
     };
 }
+pub(crate) use counters;
 
 counters! {
+    /// All counters of a channel; each is a relaxed atomic.
+    Stats {
     /// Messages handed to the transport (after interceptors), per target.
     messages_sent,
     /// Bytes of framed messages written, per target.
@@ -80,6 +84,7 @@ counters! {
     probes_failed,
     /// Log records dropped because the log queue was full.
     logs_dropped,
+    }
 }
 
 /// Adds `n` to a counter.

@@ -58,23 +58,9 @@ pub struct Settings {
     pub route: Option<String>,
 }
 
-macro_rules! manager_counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Counters of one manager.
-        #[derive(Debug, Default)]
-        pub struct ManagerStats {
-            $($(#[$doc])* pub $name: AtomicU64,)*
-        }
-        impl ManagerStats {
-            /// (name, value) pairs.
-            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
-            }
-        }
-    };
-}
-
-manager_counters! {
+crate::stats::counters! {
+    /// Counters of one manager.
+    ManagerStats {
     /// Sessions created on this member.
     sessions_created,
     /// Sessions ended on this member by invalidation or expiry as primary.
@@ -117,6 +103,7 @@ manager_counters! {
     transfer_timeouts,
     /// Sends of session messages that failed for at least one member.
     send_failures,
+    }
 }
 
 /// Where the state transfer of this manager stands.
