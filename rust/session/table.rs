@@ -291,7 +291,7 @@ impl Entry {
     ) {
         self.version = self.version.max(stamp.version);
         let new_for_event = if out.track { value.clone() } else { None };
-        let old = match self.attrs.iter().position(|(k, _)| &**k == name) {
+        let old = match self.attrs.iter().position(|(k, _)| **k == *name) {
             Some(i) => {
                 let slot = &mut self.attrs[i].1;
                 if slot.stamp >= stamp {
