@@ -20,6 +20,9 @@ from .config import ClusterConfig
 from .errors import NotStartedError
 from .managers import SessionManager, manager_class
 
+ROUTE_PAYLOAD_PREFIX = b"tribes-route:"
+"""A member with a route announces it in its heartbeat payload (when the payload is not set otherwise)."""
+
 __all__ = ["Cluster", "Member"]
 
 Member = _core.Member
@@ -80,7 +83,12 @@ class Cluster:
             if self.running:
                 return
             self._config.check_security()
-            core = _core.CoreChannel(self._config.to_core_json())
+            config = self._config
+            if config.route and not config.membership.payload:
+                # Announce the route, so that others can tell when its member is gone (failover).
+                payload = ROUTE_PAYLOAD_PREFIX + config.route.encode()
+                config = config.with_overrides(membership={"payload": payload})
+            core = _core.CoreChannel(config.to_core_json())
             _core.set_log_level(logging.getLogger("tribes").getEffectiveLevel())
             core.set_deliver_messages(bool(self._message_listeners))
             core.start()
@@ -166,6 +174,15 @@ class Cluster:
         if member is None:
             raise NotStartedError(f"cluster {self._config.name!r} is not started")
         return member
+
+    def member_routes(self) -> set[str]:
+        """The routes (Tomcat's jvmRoute) that the other members announce."""
+        prefix = ROUTE_PAYLOAD_PREFIX
+        return {
+            m.payload[len(prefix) :].decode("utf-8", "replace")
+            for m in self.members
+            if m.payload.startswith(prefix)
+        }
 
     def wait_for_members(self, count: int = 1, timeout: float = 10.0) -> list[Member]:
         """Block until at least ``count`` other members are in the view, and return them.
