@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -33,6 +34,9 @@ MemberListener = Callable[[Any], object]
 ErrorListener = Callable[[Any, str], object]
 
 _log = logging.getLogger("tribes.cluster")
+
+# Every Cluster made in this process, so that a pre-fork server's hook can start them in each worker.
+_INSTANCES: weakref.WeakSet[Cluster] = weakref.WeakSet()
 
 # How long the dispatcher waits for events before checking whether it should stop.
 _POLL_MS = 200
@@ -58,6 +62,7 @@ class Cluster:
         self._membership_changed = threading.Condition()
         self._managers: dict[str, SessionManager] = {}
         self._started_at = 0.0
+        _INSTANCES.add(self)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -71,6 +76,14 @@ class Cluster:
         """True between :meth:`start` and :meth:`stop`."""
         core = self._core
         return core is not None and core.running
+
+    def set_route(self, route: str | None) -> None:
+        """Change this member's route (Tomcat's jvmRoute) before it starts; a pre-fork server gives each
+        worker its own (``node1-w2``)."""
+        with self._lock:
+            if self.running:
+                raise RuntimeError("the route can only change while the cluster is stopped")
+            self._config = self._config.with_overrides(route=route)
 
     def start(self) -> None:
         """Bind the receiver, join the membership and start the dispatcher thread.
@@ -343,6 +356,11 @@ class Cluster:
     def _notify_membership_changed(self) -> None:
         with self._membership_changed:
             self._membership_changed.notify_all()
+
+
+def instances() -> list[Cluster]:
+    """Every :class:`Cluster` object alive in this process."""
+    return list(_INSTANCES)
 
 
 def _call_all(listeners: Iterable[Callable[..., object]], what: str, *args: Any) -> bool:
