@@ -1,0 +1,26 @@
+"""What the framework adapters (``tribes.flask``, ``tribes.starlette``) share, beyond :mod:`tribes.web`.
+
+No web framework is imported here.
+"""
+
+from __future__ import annotations
+
+from .web import Replicator, RequestSession
+
+__all__ = ["FrameworkReplicator"]
+
+
+class FrameworkReplicator(Replicator):
+    """A :class:`~tribes.web.Replicator` that ends a session which a request emptied.
+
+    Flask's and Starlette's own session middleware delete the cookie of a session that a request
+    emptied (``session.clear()``, the usual logout); here the session is also invalidated on every
+    member, so the old id cannot be used again anywhere.
+    """
+
+    def close(self, request: RequestSession, path: str) -> str | None:
+        """Invalidate the session if this request removed its last attribute, then as the base class."""
+        session = request._session  # only if the request loaded it: never load here
+        if session is not None and session.valid and session.modified and len(session) == 0:
+            request.invalidate()
+        return super().close(request, path)
