@@ -1,4 +1,5 @@
-"""The ``tribes`` command: ``tribes members`` (join and watch the membership), more to come."""
+"""The ``tribes`` command: ``tribes members`` (join and watch the membership) and ``tribes demo`` (a
+three-member cluster behind a load balancer on this machine: failover and state transfer)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,12 @@ def _cmd_members(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo  # the demo's modules (http.server, wsgiref, …) load only for this verb
+
+    return demo.run(keep_running=args.keep_running, mcast_port=args.mcast_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
     parser = argparse.ArgumentParser(prog="tribes", description="Tomcat-style cluster for Python apps.")
@@ -75,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--mcast-port", type=int, metavar="PORT", help="override the multicast port")
     members.add_argument("--seconds", type=float, default=10.0, help="how long to watch (default 10)")
     members.set_defaults(func=_cmd_members)
+
+    demo = sub.add_parser(
+        "demo",
+        help="3 members and a load balancer on 127.0.0.1: a user journey, a crash, failover, state transfer",
+    )
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the members and the load balancer up (URLs printed) until Ctrl-C",
+    )
+    demo.add_argument(
+        "--mcast-port", type=int, metavar="PORT", help="multicast port (default: a free one in 49000-49999)"
+    )
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
