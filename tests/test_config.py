@@ -135,6 +135,7 @@ def test_security_defaults() -> None:
         "key": KEY,
         "replay_window_ms": 10_000,
         "replay_window_count": 8192,
+        "format": "timestamped",
     }
 
 
@@ -639,7 +640,12 @@ def test_toml_and_dict_leave_secrets_out_by_default(tmp_path: Path) -> None:
     assert "secret" not in data and "secondary_secrets" not in data
     assert "secret =" not in text and "secondary_secrets" not in text
     encrypt = next(i for i in data["interceptors"] if i["name"] == "tomcat_encrypt")
-    assert encrypt == {"name": "tomcat_encrypt", "replay_window_ms": 20_000, "replay_window_count": 1000}
+    assert encrypt == {
+        "name": "tomcat_encrypt",
+        "replay_window_ms": 20_000,
+        "replay_window_count": 1000,
+        "format": "timestamped",
+    }
     # without its secrets the document reads back once the key is given again; the secret then comes
     # from the environment
     parsed = tomllib.loads(text)
@@ -1516,6 +1522,7 @@ def test_core_json_full_config_matches_its_fields() -> None:
         "key": FULL_KEY.lower(),
         "replay_window_ms": 20_000,
         "replay_window_count": 1000,
+        "format": "timestamped",
     }
 
 

@@ -65,6 +65,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(keep_running=args.keep_running, mcast_port=args.mcast_port)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .status import collect, render
+
+    config = _load_config(args)
+    me, answers = collect(config, args.seconds)
+    print(render(me, answers))
+    return 0 if len(answers) > 1 else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
     parser = argparse.ArgumentParser(prog="tribes", description="Tomcat-style cluster for Python apps.")
@@ -82,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--mcast-port", type=int, metavar="PORT", help="override the multicast port")
     members.add_argument("--seconds", type=float, default=10.0, help="how long to watch (default 10)")
     members.set_defaults(func=_cmd_members)
+
+    status = sub.add_parser(
+        "status", help="join briefly and print the members, and per manager session counts and counters"
+    )
+    status_source = status.add_mutually_exclusive_group()
+    status_source.add_argument("--config", metavar="FILE", help="the cluster's TOML or Tomcat XML file")
+    status_source.add_argument("--local", action="store_true", help="the loopback preset")
+    status.add_argument("--mcast-port", type=int, metavar="PORT", help="override the multicast port")
+    status.add_argument("--seconds", type=float, default=3.0, help="how long to wait for answers (default 3)")
+    status.set_defaults(func=_cmd_status)
 
     demo = sub.add_parser(
         "demo",

@@ -8,6 +8,7 @@ and a slow callback slows only its own cluster's deliveries.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,6 +21,9 @@ from . import _core
 from .config import ClusterConfig
 from .errors import NotStartedError
 from .managers import SessionManager, manager_class
+
+STATS_REQUEST = b"TRSQ\x01"  # answered by the Rust core of every member
+STATS_REPLY = b"TRSR\x01"  # followed by JSON
 
 ROUTE_PAYLOAD_PREFIX = b"tribes-route:"
 """A member with a route announces it in its heartbeat payload (when the payload is not set otherwise)."""
@@ -62,6 +66,7 @@ class Cluster:
         self._membership_changed = threading.Condition()
         self._managers: dict[str, SessionManager] = {}
         self._started_at = 0.0
+        self._stats_collectors: list[MessageListener] = []
         _INSTANCES.add(self)
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -120,10 +125,14 @@ class Cluster:
                 if name != "*" and name not in self._managers:
                     self._managers[name] = self._new_manager(name)
             managers = list(self._managers.values())
+            # Receiving at once (no message for them is lost), asking for sessions once the
+            # membership has settled.
+            for manager in managers:
+                manager._attach(core, transfer=False)
         if managers:
             self._settle_membership()
             for manager in managers:
-                manager._attach(core)
+                manager._begin_transfer()
             for manager in managers:
                 outcome = manager._wait_transfer()
                 _log.info("manager %s: state transfer %s", manager.name, outcome.replace("_", " "))
@@ -190,12 +199,7 @@ class Cluster:
 
     def member_routes(self) -> set[str]:
         """The routes (Tomcat's jvmRoute) that the other members announce."""
-        prefix = ROUTE_PAYLOAD_PREFIX
-        return {
-            m.payload[len(prefix) :].decode("utf-8", "replace")
-            for m in self.members
-            if m.payload.startswith(prefix)
-        }
+        return {route for route in map(_route_of, self.members) if route is not None}
 
     def wait_for_members(self, count: int = 1, timeout: float = 10.0) -> list[Member]:
         """Block until at least ``count`` other members are in the view, and return them.
@@ -313,9 +317,60 @@ class Cluster:
     # -- operations ----------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counters of the channel: traffic, acks, rejections by kind, probes, members added/removed."""
+        """Counters of the channel (traffic, acks, rejections by kind, probes, members added/removed)
+        and of each session manager, as ``manager.<name>.<counter>`` (sessions by role, deltas sent and
+        received, stale writes, state transfer figures, …)."""
         core = self._core
-        return dict(core.stats()) if core is not None else {}
+        if core is None:
+            return {}
+        counters = dict(core.stats())
+        for name, manager in list(self._managers.items()):
+            for key, value in manager.stats().items():
+                counters[f"manager.{name}.{key}"] = value
+        return counters
+
+    def cluster_stats(self, timeout: float = 3.0) -> dict[str, dict[str, Any]]:
+        """The counters of every member, this one included, by member name (``tcp://host:port``):
+        ``{"channel": {...}, "managers": {name: {"kind": ..., "counters": {...}}}, "route": ...}``.
+
+        Asks each member over the channel and waits up to ``timeout`` seconds for the answers; a member
+        that does not answer in time is left out. Used by ``tribes status``.
+        """
+        core = self._require()
+        replies: dict[str, dict[str, Any]] = {}
+        done = threading.Condition()
+        members = self.members
+        routes = {m.name: _route_of(m) for m in members}
+
+        def collect(member: Any, data: bytes) -> None:
+            try:
+                body = json.loads(data[len(STATS_REPLY) :])
+            except ValueError:
+                _log.warning("malformed stats answer from %s", member)
+                return
+            body["route"] = routes.get(member.name)
+            with done:
+                replies[member.name] = body
+                done.notify_all()
+
+        with self._lock:
+            self._stats_collectors.append(collect)
+            core.set_deliver_messages(True)
+        try:
+            if members:
+                core.send(STATS_REQUEST, members, "use_ack")
+            with done:
+                done.wait_for(lambda: len(replies) >= len(members), timeout)
+        finally:
+            with self._lock:
+                self._stats_collectors.remove(collect)
+                core.set_deliver_messages(bool(self._message_listeners))
+        local: dict[str, Any] = {
+            "channel": dict(core.stats()),
+            "managers": {n: {"kind": m.kind, "counters": m.stats()} for n, m in self._managers.items()},
+            "route": self._config.route,
+        }
+        return {self.local_member.name: local, **replies}
 
     # -- the dispatcher ------------------------------------------------------------------------------
 
@@ -332,6 +387,11 @@ class Cluster:
         kind = event[0]
         if kind == "message":
             _, member, data, token = event
+            if data.startswith(STATS_REPLY):
+                _call_all(self._stats_collectors, "stats", member, data)
+                if token is not None:
+                    token.complete(True)
+                return
             ok = _call_all(self._message_listeners, "message", member, data)
             if token is not None:
                 token.complete(ok)
@@ -356,6 +416,13 @@ class Cluster:
     def _notify_membership_changed(self) -> None:
         with self._membership_changed:
             self._membership_changed.notify_all()
+
+
+def _route_of(member: Any) -> str | None:
+    payload: bytes = member.payload
+    if payload.startswith(ROUTE_PAYLOAD_PREFIX):
+        return payload[len(ROUTE_PAYLOAD_PREFIX) :].decode("utf-8", "replace")
+    return None
 
 
 def instances() -> list[Cluster]:

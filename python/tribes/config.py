@@ -752,6 +752,13 @@ _INTERCEPTORS: dict[str, _InterceptorSpec] = {
             "replay_window_count": _Option(
                 8192, "Recent messages remembered to reject replays.", lo=1, hi=10_000_000
             ),
+            "format": _Option(
+                "timestamped",
+                "``timestamped`` (Tomcat 10.1.56 and later: an 8-byte timestamp inside each message, "
+                "for replay protection) or ``plain`` (earlier 10.1.x releases).",
+                kind="choice",
+                choices=("timestamped", "plain"),
+            ),
         },
     ),
 }

@@ -115,7 +115,7 @@ class ChannelError(TribesError):
 
     def __str__(self) -> str:
         """The message followed by the faulty members and their causes."""
-        if not self.faulty:
+        if not self.faulty or "Faulty members:" in self.message:
             return self.message
         listing = ", ".join(str(item) for item in self.faulty)
         return f"{self.message}; Faulty members: {listing}"

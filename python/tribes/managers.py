@@ -136,7 +136,7 @@ class SessionManager:
 
     # -- lifecycle (driven by the cluster) ------------------------------------------------------------
 
-    def _attach(self, channel: _core.CoreChannel) -> None:
+    def _attach(self, channel: _core.CoreChannel, transfer: bool = True) -> None:
         c = self._config
         self._core = channel.manager(
             self._name,
@@ -148,8 +148,12 @@ class SessionManager:
             int(c.state_transfer_timeout * 1000),
             int(c.rpc_timeout * 1000),
             self._cluster.config.route,
+            transfer,
         )
         self._update_listening()
+
+    def _begin_transfer(self) -> None:
+        self._require().begin_transfer()
 
     def _wait_transfer(self) -> str:
         core = self._require()

@@ -18,6 +18,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 from .cluster import ROUTE_PAYLOAD_PREFIX
+from .errors import ChannelError
 from .managers import SessionManager
 from .session import Session
 
@@ -46,6 +47,7 @@ class WebStats:
         "rebound",
         "cycled",
         "invalidated",
+        "replication_failures",
     )
 
     def __init__(self) -> None:
@@ -256,7 +258,11 @@ class Replicator:
         if local_route and route != local_route and not self._route_alive(route):
             # JvmRouteBinderValve: the member in the id is gone; this member takes the session over.
             old = session.id
-            self.manager.change_id(session, route=local_route)
+            try:
+                self.manager.change_id(session, route=local_route)
+            except ChannelError as exc:
+                self.stats.add("replication_failures")
+                _log.warning("session %s: re-binding not replicated everywhere: %s", old, exc)
             request._new_cookie = True
             self.stats.add("rebound")
             _log.info("session %s re-bound to route %s as %s", old, local_route, session.id)
@@ -275,16 +281,23 @@ class Replicator:
         header value to send, if any."""
         self.stats.add("requests")
         session = request._session
+        filtered = self.filter is not None and self.filter.fullmatch(path) is not None
         if session is not None and session.valid:
-            filtered = self.filter is not None and self.filter.fullmatch(path) is not None
             if filtered and not session.modified:
                 self.stats.add("filtered")
             else:
                 changed = session.modified
-                self.manager.commit(session)
-                self.stats.add("replicated" if changed else "unchanged")
-        elif request._loaded and not request._invalidated:
-            self.stats.add("unchanged")
+                try:
+                    self.manager.commit(session)
+                except ChannelError as exc:
+                    # Like Tomcat's valve: the response still goes out (the change is held here and
+                    # by the members that got it); the failure is counted and logged.
+                    self.stats.add("replication_failures")
+                    _log.warning("session %s: replication incomplete: %s", session.id, exc)
+                else:
+                    self.stats.add("replicated" if changed else "unchanged")
+        elif filtered and request._incoming is not None:
+            self.stats.add("filtered")
         if request._invalidated and request._incoming is not None:
             return self.cookie_header(None)
         if request._new_cookie and session is not None and session.valid:

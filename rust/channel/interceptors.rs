@@ -791,6 +791,9 @@ fn guard_key(member: &Member) -> GuardKey {
 /// that use it. Membership is not protected in this mode (Tomcat does not protect it either).
 struct TomcatEncrypt {
     cipher: TomcatCipher,
+    /// Tomcat 10.1.56 and later put the message's timestamp inside (replay protection); earlier
+    /// 10.1.x releases do not.
+    timestamped: bool,
     guard: Mutex<ReplayGuard>,
     stats: Arc<Stats>,
 }
@@ -803,8 +806,18 @@ impl TomcatEncrypt {
         })?;
         let window = ic.u64_opt("replay_window_ms", 10_000)?;
         let count = usize::try_from(ic.u64_opt("replay_window_count", 8192)?).unwrap_or(usize::MAX);
+        let timestamped = match ic.str_opt("format", "timestamped")?.as_str() {
+            "timestamped" => true,
+            "plain" => false,
+            other => {
+                return Err(Error::Config(format!(
+                    "interceptors.tomcat_encrypt.format: must be 'timestamped' or 'plain', got {other:?}"
+                )))
+            }
+        };
         Ok(TomcatEncrypt {
             cipher,
+            timestamped,
             guard: Mutex::new(ReplayGuard::new(window, count)),
             stats,
         })
@@ -817,7 +830,8 @@ impl Interceptor for TomcatEncrypt {
     }
 
     fn outbound(&self, mut msg: OutMessage, out: &mut Vec<OutMessage>) -> Result<()> {
-        msg.payload = self.cipher.seal(now_ms(), &msg.payload);
+        let ts = self.timestamped.then(now_ms);
+        msg.payload = self.cipher.seal(ts, &msg.payload);
         out.push(msg);
         Ok(())
     }
@@ -827,11 +841,16 @@ impl Interceptor for TomcatEncrypt {
         mut msg: InMessage,
         out: &mut Vec<InMessage>,
     ) -> std::result::Result<(), String> {
-        let (iv, ts, payload) = self.cipher.open(&msg.payload).map_err(|e| {
-            stats::inc(&self.stats.rejected_auth);
-            format!("from {}: {e}", msg.sender)
-        })?;
-        if let Err(e) = self.guard.lock().check(&iv, ts, now_ms()) {
+        let (iv, ts, payload) = self
+            .cipher
+            .open(&msg.payload, self.timestamped)
+            .map_err(|e| {
+                stats::inc(&self.stats.rejected_auth);
+                format!("from {}: {e}", msg.sender)
+            })?;
+        // Without a timestamp inside (older Tomcat), replays are caught by the nonce set alone.
+        let now = now_ms();
+        if let Err(e) = self.guard.lock().check(&iv, ts.unwrap_or(now), now) {
             stats::inc(&self.stats.rejected_replay);
             return Err(format!("from {}: {e}", msg.sender));
         }

@@ -24,7 +24,7 @@ use crate::membership::mcast::{self, LocalHeartbeat};
 use crate::membership::{static_members, Heard};
 use crate::security::KeyRing;
 use crate::session::manager::{Manager, Settings};
-use crate::session::message::is_session_message;
+use crate::session::message::{is_session_message, STATS_REQUEST};
 use crate::session::registry::Registry;
 use crate::stats::{self, Stats};
 use crate::transport::probe::now_ms;
@@ -95,12 +95,16 @@ impl Shared {
         Some(found)
     }
 
-    /// Hands a message that came through the stack to the application.
-    pub(crate) fn deliver(&self, msg: InMessage, events: &mut Vec<Event>) {
+    /// Hands a message that came through the stack to the application; false refuses it (the
+    /// sender of an acknowledged message gets a NACK).
+    pub(crate) fn deliver(&self, msg: InMessage, events: &mut Vec<Event>) -> bool {
         if is_session_message(&msg.payload) {
             // Applied here, in Rust, without the GIL.
-            self.sessions.handle(&msg.sender, &msg.payload, events);
-            return;
+            return self.sessions.handle(&msg.sender, &msg.payload, events);
+        }
+        if msg.payload.as_slice() == STATS_REQUEST {
+            self.sessions.stats_requested(&msg.sender);
+            return true;
         }
         stats::inc(&self.stats.messages_delivered);
         if self.deliver_messages.load(Ordering::Relaxed) {
@@ -110,6 +114,7 @@ impl Shared {
                 reply: None,
             });
         }
+        true
     }
 }
 
@@ -129,15 +134,16 @@ impl Inbound for Shared {
             sender: msg.sender.clone(),
         };
         if self.stack.is_transparent() {
-            self.deliver(incoming, events);
-            return true;
+            return self.deliver(incoming, events);
         }
         let (delivered, refused) = self.stack.inbound(incoming, &self.stats);
+        let mut accepted = !refused;
         for m in delivered {
-            self.deliver(m, events);
+            accepted &= self.deliver(m, events);
         }
-        // A refused message (bad key, replay, bad trailer) answers a synchronised sender with NACK.
-        !refused
+        // A refused message (bad key, replay, bad trailer, a backup for a manager this member does
+        // not run) answers a synchronised sender with NACK.
+        accepted
     }
 }
 
@@ -445,13 +451,14 @@ impl Channel {
         self.link()?.send(data, to, options)
     }
 
-    /// The session manager of this name on the running channel, created (and its state transfer
-    /// started) on first use.
-    pub fn manager(&self, name: &str, settings: Settings) -> Result<Arc<Manager>> {
+    /// The session manager of this name on the running channel, created on first use.
+    /// With `transfer = false` the manager only starts receiving; call
+    /// [`Manager::begin_transfer`] once the membership has settled.
+    pub fn manager(&self, name: &str, settings: Settings, transfer: bool) -> Result<Arc<Manager>> {
         let link = self.link()?;
         let me = link.shared.local_id;
         let sessions = link.shared.sessions.clone();
-        Ok(sessions.create(name, settings, link, me))
+        Ok(sessions.create(name, settings, link, me, transfer))
     }
 
     /// The session manager of this name, if created.

@@ -308,7 +308,7 @@ impl CoreChannel {
     /// The session manager `name`, created on first use with these settings (its state transfer
     /// starts at once; see `CoreManager.wait_transfer`).
     #[pyo3(signature = (name, kind, send_options, max_inactive, max_active, batch_size,
-                        state_transfer_timeout_ms, rpc_timeout_ms, route=None))]
+                        state_transfer_timeout_ms, rpc_timeout_ms, route=None, transfer=true))]
     #[allow(clippy::too_many_arguments)]
     fn manager(
         &self,
@@ -322,6 +322,7 @@ impl CoreChannel {
         state_transfer_timeout_ms: u64,
         rpc_timeout_ms: u64,
         route: Option<String>,
+        transfer: bool,
     ) -> PyResult<session::CoreManager> {
         session::CoreManager::open(
             self,
@@ -335,6 +336,7 @@ impl CoreChannel {
             state_transfer_timeout_ms,
             rpc_timeout_ms,
             route,
+            transfer,
         )
     }
 

@@ -79,6 +79,7 @@ impl CoreManager {
         state_transfer_timeout_ms: u64,
         rpc_timeout_ms: u64,
         route: Option<String>,
+        transfer: bool,
     ) -> PyResult<CoreManager> {
         if name.is_empty() || name.len() > crate::session::message::MAX_NAME {
             return Err(PyValueError::new_err(
@@ -105,7 +106,7 @@ impl CoreManager {
             route,
         };
         let inner = py
-            .detach(|| channel.inner.manager(name, settings))
+            .detach(|| channel.inner.manager(name, settings, transfer))
             .map_err(|e| to_pyerr(py, e))?;
         Ok(CoreManager { inner })
     }
@@ -211,6 +212,11 @@ impl CoreManager {
     /// Runs expiry as of `now_ms`; returns the ids that ended.
     fn process_expires(&self, py: Python<'_>, now_ms: i64) -> Vec<String> {
         py.detach(|| self.inner.process_expires(now_ms))
+    }
+
+    /// Starts the state transfer (once; a manager made with `transfer=False`).
+    fn begin_transfer(&self, py: Python<'_>) {
+        py.detach(|| self.inner.begin_transfer());
     }
 
     /// Waits for the state transfer; returns its outcome.

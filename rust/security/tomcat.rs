@@ -31,6 +31,9 @@ impl std::fmt::Debug for TomcatCipher {
 /// Smallest valid message: IV, timestamp, tag.
 pub const MIN_LEN: usize = 12 + 8 + 16;
 
+/// An opened message: its IV, its timestamp (when the format has one) and the payload.
+pub type Opened = ([u8; 12], Option<i64>, Vec<u8>);
+
 impl TomcatCipher {
     /// From Tomcat's `encryptionKey` (hex); None for a malformed key.
     pub fn from_hex(hex: &str) -> Option<TomcatCipher> {
@@ -78,10 +81,12 @@ impl TomcatCipher {
     }
 
     /// Encrypts as Tomcat does.
-    pub fn seal(&self, timestamp_ms: i64, payload: &[u8]) -> Vec<u8> {
+    pub fn seal(&self, timestamp_ms: Option<i64>, payload: &[u8]) -> Vec<u8> {
         let iv: [u8; 12] = rand::random();
         let mut plain = Vec::with_capacity(8 + payload.len());
-        plain.extend_from_slice(&timestamp_ms.to_be_bytes());
+        if let Some(ts) = timestamp_ms {
+            plain.extend_from_slice(&ts.to_be_bytes());
+        }
         plain.extend_from_slice(payload);
         let ct = self.encrypt(&iv, &plain);
         let mut out = Vec::with_capacity(12 + ct.len());
@@ -90,9 +95,9 @@ impl TomcatCipher {
         out
     }
 
-    /// Decrypts as Tomcat does: (iv, timestamp, payload).
-    pub fn open(&self, data: &[u8]) -> Result<([u8; 12], i64, Vec<u8>), SecurityError> {
-        if data.len() < MIN_LEN {
+    pub fn open(&self, data: &[u8], timestamped: bool) -> Result<Opened, SecurityError> {
+        let min = if timestamped { MIN_LEN } else { MIN_LEN - 8 };
+        if data.len() < min {
             return Err(SecurityError::Malformed(
                 "shorter than an encrypted Tomcat message",
             ));
@@ -100,10 +105,13 @@ impl TomcatCipher {
         let mut iv = [0u8; 12];
         iv.copy_from_slice(&data[..12]);
         let plain = self.decrypt(&iv, &data[12..])?;
+        if !timestamped {
+            return Ok((iv, None, plain));
+        }
         let (ts, payload) = plain.split_at(8);
         let mut tsb = [0u8; 8];
         tsb.copy_from_slice(ts);
-        Ok((iv, i64::from_be_bytes(tsb), payload.to_vec()))
+        Ok((iv, Some(i64::from_be_bytes(tsb)), payload.to_vec()))
     }
 }
 
@@ -115,17 +123,26 @@ mod tests {
     fn keys_by_length_and_round_trip() {
         for hex in ["00".repeat(16), "11".repeat(24), "ab".repeat(32)] {
             let c = TomcatCipher::from_hex(&hex).expect("valid key");
-            let m = c.seal(5, b"payload");
+            let m = c.seal(Some(5), b"payload");
             assert_eq!(
-                c.open(&m).expect("opens"),
-                (m[..12].try_into().expect("iv"), 5, b"payload".to_vec())
+                c.open(&m, true).expect("opens"),
+                (
+                    m[..12].try_into().expect("iv"),
+                    Some(5),
+                    b"payload".to_vec()
+                )
             );
+            // Tomcat before 10.1.56: no timestamp inside.
+            let m = c.seal(None, b"payload");
+            assert_eq!(m.len(), 12 + 7 + 16);
+            assert_eq!(c.open(&m, false).expect("opens").2, b"payload".to_vec());
         }
         assert!(TomcatCipher::from_hex("abc").is_none());
         assert!(TomcatCipher::from_hex(&"00".repeat(20)).is_none());
         assert!(TomcatCipher::from_hex(&"zz".repeat(16)).is_none());
         let c = TomcatCipher::from_hex(&"00".repeat(16)).expect("key");
-        assert!(c.open(&[0u8; 10]).is_err());
-        assert!(c.open(&[0u8; 60]).is_err());
+        assert!(c.open(&[0u8; 10], true).is_err());
+        assert!(c.open(&[0u8; 60], true).is_err());
+        assert!(c.open(&[0u8; 27], false).is_err());
     }
 }

@@ -682,14 +682,16 @@ impl Manager {
             }
         }
         crate::stats::inc(&self.stats.change_ids_sent);
-        self.send(
+        // The rename happened here: the new id is the session's now, whoever missed the message
+        // (a member that failed meanwhile is counted and logged; the others have it).
+        self.send_logged(
             &Body::ChangeId {
                 old: old.to_owned(),
                 new: new.clone(),
             },
             None,
             self.mode(),
-        )?;
+        );
         Ok(new)
     }
 
@@ -730,11 +732,11 @@ impl Manager {
 
     /// Picks a backup for a session, round-robin over the members, avoiding `avoid` unless no other
     /// member is left (a backup that takes over from its primary then swaps roles with it).
-    fn pick_backup(&self, avoid: &[MemberId]) -> Option<Arc<Member>> {
+    fn pick_backup(&self, avoid: &[MemberId], exclude: &[MemberId]) -> Option<Arc<Member>> {
         let mut members: Vec<Arc<Member>> = self
             .members()
             .iter()
-            .filter(|m| m.packet.unique_id != self.me)
+            .filter(|m| m.packet.unique_id != self.me && !exclude.contains(&m.packet.unique_id))
             .cloned()
             .collect();
         if members.iter().any(|m| !avoid.contains(&m.packet.unique_id)) {
@@ -751,22 +753,31 @@ impl Manager {
     /// Makes this member the primary of a session it holds with data, with a backup on another
     /// member (chosen afresh, avoiding `avoid` if it can), and tells everyone where it lives.
     fn publish(&self, id: &str, avoid: &[MemberId]) {
-        let Some(backup) = self.pick_backup(avoid) else {
-            if let Some(e) = self.table.lock().get_mut(id) {
-                e.role = Role::Primary;
-                e.primary = self.me;
-                e.backup = NO_MEMBER;
+        let mut failed: Vec<MemberId> = Vec::new();
+        // A member that refuses the backup (it does not run this manager) or cannot be reached is
+        // skipped, and the next one tried, as Tomcat does.
+        for _ in 0..self.members().len().max(1) {
+            let Some(backup) = self.pick_backup(avoid, &failed) else {
+                break;
+            };
+            if self.publish_to(id, &backup) {
+                return;
             }
-            return;
-        };
-        self.publish_to(id, backup);
+            failed.push(backup.packet.unique_id);
+        }
+        if let Some(e) = self.table.lock().get_mut(id) {
+            e.role = Role::Primary;
+            e.primary = self.me;
+            e.backup = NO_MEMBER;
+        }
     }
 
-    fn publish_to(&self, id: &str, backup: Arc<Member>) {
+    /// Sends the whole session to `backup` and announces it; false when the backup refused it.
+    fn publish_to(&self, id: &str, backup: &Arc<Member>) -> bool {
         let wire = {
             let mut t = self.table.lock();
             let Some(e) = t.get_mut(id) else {
-                return;
+                return true;
             };
             e.role = Role::Primary;
             e.primary = self.me;
@@ -774,8 +785,19 @@ impl Manager {
             e.last_replicated_ms = now_ms();
             e.to_wire(id, true)
         };
-        self.send_logged(&Body::Backup(wire), Some(&[backup.key()]), self.mode());
+        // Synchronised, so that a member that does not run this manager answers with a NACK.
+        let mode = if self.mode() & USE_ACK != 0 {
+            self.mode() | SYNCHRONIZED_ACK
+        } else {
+            self.mode()
+        };
+        if let Err(e) = self.send(&Body::Backup(wire), Some(&[backup.key()]), mode) {
+            log::info!(target: "tribes::session",
+                "manager {}: {backup} did not take the backup of {id}: {e}", self.name);
+            return false;
+        }
         self.announce(id, backup.packet.unique_id, &[backup.packet.unique_id]);
+        true
     }
 
     /// Tells the members other than `skip` where a session lives (MSG_PROXY).
@@ -954,8 +976,12 @@ impl Manager {
 
     // -- state transfer ----------------------------------------------------------------------------
 
-    /// Starts asking the oldest member for every session (Tomcat's getAllClusterSessions).
-    pub(crate) fn begin_transfer(&self) {
+    /// Starts asking the oldest member for every session (Tomcat's getAllClusterSessions); does
+    /// nothing once started.
+    pub fn begin_transfer(&self) {
+        if self.transfer.lock().request != 0 {
+            return;
+        }
         let mut candidates: Vec<Arc<Member>> = self.members().iter().cloned().collect();
         if candidates.is_empty() {
             return;

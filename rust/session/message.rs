@@ -14,6 +14,10 @@ use super::table::{Slot, Stamp, Stamped, WireSession};
 
 /// Marks a channel message as a tribes session message.
 pub const MAGIC: &[u8; 4] = b"TRSM";
+/// Asks a member for its counters (`tribes status`); the answer is [`STATS_REPLY`] + JSON.
+pub const STATS_REQUEST: &[u8; 5] = b"TRSQ\x01";
+/// Prefixes a member's counters as JSON, in answer to [`STATS_REQUEST`].
+pub const STATS_REPLY: &[u8; 5] = b"TRSR\x01";
 /// The session message format version this build writes and reads.
 pub const VERSION: u8 = 1;
 /// Longest manager name.

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::manager::{Manager, Settings};
-use super::message::{decode, encode, Body};
+use super::message::{decode, encode, Body, STATS_REPLY};
 use crate::channel::Link;
 use crate::error::Result;
 use crate::events::Event;
@@ -63,6 +63,8 @@ pub enum Job {
     MemberGone(Arc<Member>),
     /// A member joined the view.
     MemberAdded(Arc<Member>),
+    /// A member asked for this member's counters.
+    StatsRequested(Arc<Member>),
     /// End the worker.
     Stop,
 }
@@ -130,6 +132,7 @@ impl Registry {
         settings: Settings,
         link: Link,
         me: [u8; 16],
+        transfer: bool,
     ) -> Arc<Manager> {
         let m = {
             let mut managers = self.managers.write();
@@ -140,12 +143,20 @@ impl Registry {
             managers.insert(name.to_owned(), m.clone());
             m
         };
-        m.begin_transfer();
+        if transfer {
+            m.begin_transfer();
+        }
         m
     }
 
-    /// A session message from `sender`, on the receiver task.
-    pub(crate) fn handle(&self, sender: &Arc<Member>, payload: &[u8], events: &mut Vec<Event>) {
+    /// A session message from `sender`, on the receiver task. False refuses it: a backup or a
+    /// retrieve for a manager this member does not run (its sender then picks another member).
+    pub(crate) fn handle(
+        &self,
+        sender: &Arc<Member>,
+        payload: &[u8],
+        events: &mut Vec<Event>,
+    ) -> bool {
         let msg = match decode(payload) {
             Ok(m) => m,
             Err(e) => {
@@ -153,7 +164,7 @@ impl Registry {
                     log::warn!(target: "tribes::session",
                         "malformed session message from {sender} ignored: {e} ({n} so far)");
                 }
-                return;
+                return true;
             }
         };
         let Some(manager) = self.get(&msg.manager) else {
@@ -162,16 +173,21 @@ impl Registry {
                     "session message for unknown manager {:?} from {sender} ignored ({n} so far)",
                     msg.manager);
             }
-            if let Body::GetAll { request } = msg.body {
-                let _ = self.jobs.send(Job::NoManager {
-                    name: msg.manager,
-                    to: sender.clone(),
-                    request,
-                });
-            }
-            return;
+            return match msg.body {
+                Body::GetAll { request } => {
+                    let _ = self.jobs.send(Job::NoManager {
+                        name: msg.manager,
+                        to: sender.clone(),
+                        request,
+                    });
+                    true
+                }
+                Body::Backup(_) | Body::Retrieve { .. } => false,
+                _ => true,
+            };
         };
         manager.on_message(sender, msg.body, &self.jobs, events);
+        true
     }
 
     /// Membership hooks, from the view task.
@@ -179,9 +195,45 @@ impl Registry {
         let _ = self.jobs.send(Job::MemberAdded(m.clone()));
     }
 
+    /// A member asked for the counters (`tribes status`): answered from the worker.
+    pub(crate) fn stats_requested(&self, m: &Arc<Member>) {
+        let _ = self.jobs.send(Job::StatsRequested(m.clone()));
+    }
+
     /// A member left the view.
     pub(crate) fn member_gone(&self, m: &Arc<Member>) {
         let _ = self.jobs.send(Job::MemberGone(m.clone()));
+    }
+
+    /// This member's counters as JSON: the channel's and each manager's.
+    fn stats_json(&self, link: &Link) -> String {
+        let channel: serde_json::Map<String, serde_json::Value> = link
+            .shared
+            .stats
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into()))
+            .collect();
+        let managers: serde_json::Map<String, serde_json::Value> = self
+            .all()
+            .iter()
+            .map(|m| {
+                let counters: serde_json::Map<String, serde_json::Value> = m
+                    .stats()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.into()))
+                    .collect();
+                let kind = match m.settings().kind {
+                    super::Kind::Delta => "delta",
+                    super::Kind::Backup => "backup",
+                };
+                (
+                    m.name().to_owned(),
+                    serde_json::json!({"kind": kind, "counters": counters}),
+                )
+            })
+            .collect();
+        serde_json::json!({"channel": channel, "managers": managers}).to_string()
     }
 
     fn all(&self) -> Vec<Arc<Manager>> {
@@ -237,6 +289,13 @@ impl Registry {
             Job::MemberAdded(m) => {
                 for mgr in self.all() {
                     mgr.on_member_added(&m);
+                }
+            }
+            Job::StatsRequested(to) => {
+                let mut data = STATS_REPLY.to_vec();
+                data.extend_from_slice(self.stats_json(link).as_bytes());
+                if let Err(e) = link.send_direct(&data, &to, ASYNCHRONOUS) {
+                    log::debug!(target: "tribes::session", "answering {to}'s stats request: {e}");
                 }
             }
             Job::Stop => {}

@@ -3,9 +3,10 @@
 
 Tomcat's scheme (reference §3.4): ``encryptionAlgorithm`` AES/GCM/NoPadding, ``encryptionKey`` in hex
 (32/48/64 digits = AES-128/192/256); the ChannelData *message* field becomes
-``12-byte IV ‖ AES-GCM(8-byte timestamp ‖ payload) ‖ 16-byte tag``. Membership heartbeats and
-TcpFailureDetector's probe stay in plaintext, so members with different keys (or none) still see each
-other; only their messages are lost. The interceptor must sit above TcpFailureDetector.
+``12-byte IV ‖ AES-GCM([8-byte timestamp ‖] payload) ‖ 16-byte tag`` (the timestamp since Tomcat
+10.1.56; tribes' ``format`` option picks it). Membership heartbeats and TcpFailureDetector's probe
+stay in plaintext, so members with different keys (or none) still see each other; only their messages
+are lost. The interceptor must sit above TcpFailureDetector.
 
 What Tomcat 10.1 does with a message it cannot decrypt (checked by the Java-only tests below):
 
@@ -31,9 +32,12 @@ The Java<->Java tests only need Java; the others need the built ``tribes`` exten
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,9 +57,28 @@ KEY_256 = "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4"
 OTHER_KEY_128 = "2b7e151628aed2a6abf7158809cf4f3c"
 KEYS = [pytest.param(KEY_128, id="aes128"), pytest.param(KEY_256, id="aes256")]
 
-#: Tomcat's GCM framing around a payload: 12-byte IV + 8-byte timestamp + 16-byte tag.
+
+def _tomcat_version() -> tuple[int, ...]:
+    """The version of the Tribes jar the Java peer runs (from its manifest); (0,) if unknown."""
+    jars = [Path(p) for p in os.environ.get("TRIBES_INTEROP_JARS", "").split(os.pathsep) if "tribes" in p]
+    jar = jars[0] if jars else Path("/usr/share/java/tomcat10-tribes.jar")
+    try:
+        with zipfile.ZipFile(jar) as z:
+            manifest = z.read("META-INF/MANIFEST.MF").decode("utf-8", "replace")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return (0,)
+    found = re.search(r"Implementation-Version:\s*(\d+(?:\.\d+)*)", manifest)
+    return tuple(int(x) for x in found.group(1).split(".")) if found else (0,)
+
+
+#: Tomcat 10.1.56 added a timestamp inside each encrypted message (replay protection); Debian's
+#: package may be older. tribes' ``format`` option follows whichever the Java peer runs.
+TIMESTAMPED = _tomcat_version() >= (10, 1, 56)
+FORMAT = "timestamped" if TIMESTAMPED else "plain"
+
+#: Tomcat's GCM framing around a payload: 12-byte IV + [8-byte timestamp +] 16-byte tag.
 GCM_IV_LEN = 12
-GCM_OVERHEAD = GCM_IV_LEN + 8 + 16
+GCM_OVERHEAD = GCM_IV_LEN + (8 if TIMESTAMPED else 0) + 16
 
 #: What Tomcat's EncryptInterceptor logs (stderr, JULI) for a message that does not authenticate.
 DECRYPT_FAILED = "Failed to decrypt message"
@@ -103,7 +126,7 @@ def _stack(key: str | None) -> list[Any]:
     """tribes' interceptor list: Tomcat's default stack, with tomcat_encrypt above the failure detector."""
     if key is None:
         return ["dispatch", "failure_detector"]
-    return ["dispatch", {"name": "tomcat_encrypt", "key": key}, "failure_detector"]
+    return ["dispatch", {"name": "tomcat_encrypt", "key": key, "format": FORMAT}, "failure_detector"]
 
 
 def _msg_bytes(line: str) -> bytes:
@@ -230,7 +253,7 @@ def test_java_peers_different_keys_drop_messages(java_peer: JavaPeerFactory, mca
 
 def test_java_encrypting_peer_and_plain_peer(java_peer: JavaPeerFactory, mcast_port: int) -> None:
     """An encrypting and a plain member: the plain one receives the ciphertext (IV ‖ ciphertext ‖ tag,
-    36 bytes longer than the payload, a fresh IV per message); the encrypting one drops plaintext."""
+    28 or 36 bytes longer than the payload, a fresh IV per message); the encrypting one drops plaintext."""
     enc, plain = _java_pair(java_peer, mcast_port, KEY_256, None)
     assert enc.info is not None and plain.info is not None
 
@@ -378,7 +401,8 @@ def test_tribes_encrypting_rejects_plain_java(
 ) -> None:
     """(c) tribes with tomcat_encrypt, Java without encryption: membership forms; Java's plaintext
     messages (including one shorter than the IV) are rejected and counted, never delivered. What
-    tribes sends reaches the plain Java peer as Tomcat's framing: 36 bytes longer, fresh IV each time."""
+    tribes sends reaches the plain Java peer as Tomcat's framing: 28 or 36 bytes longer, fresh IV each
+    time."""
     peer, node = _connect(java_peer, tribes_node, mcast_port, KEY_128, None)
     info = peer.info
     assert info is not None
