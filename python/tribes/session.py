@@ -246,9 +246,10 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def modified(self) -> bool:
-        """True when a commit would send a change (a write, a delete, a metadata change, or a value read
-        and changed in place)."""
-        return bool(self._changes()[0] or self._meta)
+        """True when the application changed the session: a write, a delete, a metadata change (other
+        than ``is_new``, which the web layer clears when the client comes back), or a value read and
+        changed in place. A commit still sends a pending ``is_new`` change."""
+        return bool(self._changes()[0] or any(k != "is_new" for k in self._meta))
 
     def _changes(self) -> tuple[list[tuple[str, bytes | None, bool]], dict[str, bytes | None]]:
         """The attribute writes to commit: ``[(name, bytes | None, local)]`` and the new raw bytes."""
