@@ -8,8 +8,9 @@ The session is ``scope["session"]`` (a :class:`tribes.web.RequestSession`; the a
 of the scope with it, as the ASGI spec asks of middleware). When the application starts its response,
 the session's changes are committed first (in ``ack`` mode they are on the other members before the
 response starts), unless the path matches ``filter``; ``Set-Cookie`` is added when the session is
-new, re-bound or rotated. Commits that wait for acknowledgements run in a worker thread, so the event
-loop keeps serving other requests meanwhile.
+new, re-bound or rotated. Commits that wait for acknowledgements (a changed session, ``ack`` or
+``sync`` mode, other members present) run in a worker thread, so the event loop keeps serving other
+requests meanwhile; everything else ends inline.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class ReplicationMiddleware:
         async def close() -> str | None:
             nonlocal closed
             closed = True
-            if self._inline:
+            if self._inline or not replicator.must_wait(request):
+                # Nothing to wait for (no session, no change, async mode, no other member): inline.
                 return replicator.close(request, path)
             return await asyncio.get_running_loop().run_in_executor(None, replicator.close, request, path)
 

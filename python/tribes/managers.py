@@ -224,26 +224,29 @@ class SessionManager:
             return None
         return Session(self, found[0])
 
-    def commit(self, session: Session) -> None:
+    def commit(self, session: Session) -> bool:
         """End the request on ``session``: replicate what changed as one delta.
 
         With nothing changed, an "accessed" message goes out when Tomcat's rule says so (this member was
         not the last to serve it, or it was not replicated for ``max_inactive``). With ``send_mode="ack"``
         this returns once every target member has received the change; a failure for some members raises
         :class:`~tribes.errors.ChannelError` naming them (the others have it, and so does this member).
+        Returns True when the application had changed the session (a delta went out).
         """
         if session.manager is not self:
             raise ValueError(f"session {session.id} belongs to manager {session.manager.name!r}")
         if not session.valid:
-            return
+            return False
         writes, new_raw = session._changes()
         meta = list(session._meta.items())
+        changed = bool(writes) or any(k != "is_new" for k, _ in meta)
         try:
             alive = self._require().commit(session.id, writes, meta)
         finally:
             session._committed(new_raw)
         if not alive:
             session._valid = False
+        return changed and alive
 
     def invalidate(self, session: Session | str) -> bool:
         """End a session on every member. Returns False when it did not exist here."""

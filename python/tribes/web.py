@@ -286,9 +286,8 @@ class Replicator:
             if filtered and not session.modified:
                 self.stats.add("filtered")
             else:
-                changed = session.modified
                 try:
-                    self.manager.commit(session)
+                    changed = self.manager.commit(session)
                 except ChannelError as exc:
                     # Like Tomcat's valve: the response still goes out (the change is held here and
                     # by the members that got it); the failure is counted and logged.
@@ -303,6 +302,18 @@ class Replicator:
         if request._new_cookie and session is not None and session.valid:
             return self.cookie_header(session.id)
         return None
+
+    def must_wait(self, request: RequestSession) -> bool:
+        """True when ending this request may wait for other members (an acknowledged commit of a
+        changed session with members to send to): only then is it worth a worker thread."""
+        session = request._session
+        return (
+            session is not None
+            and session.valid
+            and self.manager.send_mode != "async"
+            and bool(self.manager._cluster.members)
+            and session.modified
+        )
 
     def cookie_header(self, sid: str | None) -> str:
         """A ``Set-Cookie`` value for ``sid`` (None: one that deletes the cookie)."""
