@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
-from bench_child import JsonChild
+from bench_common import JsonChild, json_replier, log, percentile, start_watchdog
 
 PAYLOADS = (100, 1024, 10 * 1024)
 RAW_CHUNK = 1024
@@ -226,11 +226,7 @@ class _RawServer:
 def receiver_main() -> int:
     """The receiver process: one command per stdin line, one JSON answer per stdout line."""
 
-    def watchdog() -> None:  # a receiver never outlives a lost parent by long
-        time.sleep(RECEIVER_LIFETIME_S)
-        os._exit(3)
-
-    threading.Thread(target=watchdog, daemon=True).start()
+    start_watchdog(RECEIVER_LIFETIME_S)
     import tribes
 
     cluster: tribes.Cluster | None = None
@@ -242,9 +238,7 @@ def receiver_main() -> int:
         assert cluster is not None
         return int(cluster.stats().get("messages_delivered", 0))
 
-    def reply(obj: dict[str, Any]) -> None:
-        out.write(json.dumps(obj) + "\n")
-        out.flush()
+    reply = json_replier(out)
 
     for line in sys.stdin:
         if not line.strip():
@@ -379,17 +373,6 @@ FULL = Settings(
 QUICK = Settings(
     rounds=2, async_s=1.0, ack_s=0.6, raw_s=1.0, pingpong_s=0.5, warmup_s=0.15, drain_s=8.0, budget_s=40.0
 )
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[i]
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 class Bench:

@@ -48,37 +48,29 @@ import json
 import os
 import pickle
 import platform
-import random
 import secrets
 import signal
 import socket
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bench_child import JsonChild
+from bench_common import JsonChild, free_mcast_port, json_replier, log, percentile, start_watchdog
 
 # Targets from the issue.
 TARGET_CODEC_RATIO = 5.0  # pickle / tribes.codec, encode + decode of a typical change
 TARGET_TRANSFER_MB_S = 100.0  # attribute data, 10^6 bytes/s
 TARGET_BYTES_PER_KIB = 1.5 * 1024  # replica RSS per session of 1 KiB of attribute data
 
-MCAST_GROUP = "228.0.0.4"  # ClusterConfig's default group, kept by ClusterConfig.local()
-MCAST_PORTS = (47000, 48999)  # private ports for benchmarks and tests on this machine
 MODES = (("async", "async"), ("ack", "use_ack"), ("sync", "use_ack,sync"))  # manager mode, channel options
 CHILD_LIFETIME_S = 600.0  # a child process exits after this, whatever happens
 CMD_TIMEOUT_S = 30.0
 RAW_CHUNK = 1 << 20
 BUSY_CORES = 0.25  # other processes busier than this (cores, on average over the run): warn
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def rss_bytes() -> int:
@@ -110,29 +102,6 @@ def cpu_snapshot() -> tuple[float, float]:
         busy = 0.0
     t = os.times()
     return busy, t.user + t.system + t.children_user + t.children_system
-
-
-def free_mcast_port(used: set[int]) -> int:
-    """A multicast port in MCAST_PORTS that no cluster on this machine has bound (probed by binding the
-    group without SO_REUSEADDR, which collides with a cluster's socket), not handed out before."""
-    for _ in range(500):
-        port = random.randint(*MCAST_PORTS)
-        if port in used:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind((MCAST_GROUP, port))
-            except OSError:
-                continue
-        used.add(port)
-        return port
-    raise RuntimeError(f"no free multicast port in {MCAST_PORTS[0]}-{MCAST_PORTS[1]}")
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))]
 
 
 @dataclass
@@ -466,16 +435,10 @@ class CommitBench:
 def child_main() -> int:
     """A child: one command per stdin line, one JSON answer per stdout line."""
 
-    def watchdog() -> None:
-        time.sleep(CHILD_LIFETIME_S)
-        os._exit(3)
-
-    threading.Thread(target=watchdog, daemon=True).start()
+    start_watchdog(CHILD_LIFETIME_S)
     out = sys.stdout
 
-    def reply(obj: dict[str, Any]) -> None:
-        out.write(json.dumps(obj) + "\n")
-        out.flush()
+    reply = json_replier(out)
 
     for line in sys.stdin:
         if not line.strip():

@@ -62,7 +62,6 @@ import http.client
 import json
 import os
 import platform
-import random
 import re
 import resource
 import secrets
@@ -80,15 +79,13 @@ from dataclasses import asdict, dataclass
 from http.cookies import SimpleCookie
 from typing import Any
 
-from bench_child import JsonChild
+from bench_common import JsonChild, free_mcast_port, json_replier, log, percentile, start_watchdog
 
 TARGET_ACK_VS_CEILING = 0.90
 TARGET_ACK_VS_REDIS = 1.5
 TOMCAT_DELTA_RATIO = 0.36  # Tomcat 10.1 DeltaManager / no cluster, one session (0.32 with 1,000)
 TOMCAT_DELAY_MS = 0.86  # Tomcat: written on A, readable on B, median
 
-MCAST_GROUP = "228.0.0.4"  # ClusterConfig's default group, kept by ClusterConfig.local()
-MCAST_PORTS = (47000, 48999)  # private ports for benchmarks and tests on this machine
 MANAGER = "web"
 COOKIE = "JSESSIONID"
 CHILD_LIFETIME_S = 900.0  # a server process exits after this, whatever happens
@@ -106,16 +103,6 @@ VARIANTS: tuple[tuple[str, str, str, str | None, int], ...] = (
     ("redis", "redis-server, 1 GET + 1 SET", "redis", None, 0),
 )
 CEILING = "dict"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))]
 
 
 def _median(values: Sequence[float]) -> float:
@@ -304,17 +291,11 @@ def serve_main() -> int:
     then serves until ``quit`` (or stdin closes); ``stats`` answers the middleware's and cluster's
     counters."""
 
-    def watchdog() -> None:
-        time.sleep(CHILD_LIFETIME_S)
-        os._exit(3)
-
-    threading.Thread(target=watchdog, daemon=True).start()
+    start_watchdog(CHILD_LIFETIME_S)
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     sys.stdout = sys.stderr  # only answers go to the parent's pipe
 
-    def reply(obj: dict[str, Any]) -> None:
-        out.write(json.dumps(obj) + "\n")
-        out.flush()
+    reply = json_replier(out)
 
     spec = json.loads(sys.stdin.readline())
     import uvicorn
@@ -406,23 +387,6 @@ def _have(module: str) -> bool:
 # ------------------------------------------------------------------------------------------------
 # The parent: processes, CPU accounting, the load generator
 # ------------------------------------------------------------------------------------------------
-
-
-def free_mcast_port(used: set[int]) -> int:
-    """A multicast port in MCAST_PORTS that no cluster on this machine has bound (probed by binding the
-    group without SO_REUSEADDR, which collides with a cluster's socket), not handed out before."""
-    for _ in range(500):
-        port = random.randint(*MCAST_PORTS)
-        if port in used:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind((MCAST_GROUP, port))
-            except OSError:
-                continue
-        used.add(port)
-        return port
-    raise RuntimeError(f"no free multicast port in {MCAST_PORTS[0]}-{MCAST_PORTS[1]}")
 
 
 def free_tcp_port() -> int:
