@@ -46,6 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from ._checks import MAX_INT as _MAX_INT
+from ._checks import check_bool as _check_bool
+from ._checks import check_int as _check_int
+from ._checks import check_str as _check_str
+from ._checks import doc as _doc
+from ._checks import show as _show
 from .errors import ConfigError
 from .manager_config import ManagerConfig
 
@@ -70,7 +76,6 @@ __all__ = [
 
 _log = logging.getLogger("tribes.config")
 
-_MAX_INT = 2**31 - 1  # upper bound of every count and duration (Java int; safe for any Rust integer type)
 _MAX_BYTES_FIELD = 4096  # domain / payload limit: keeps a membership packet far below 65535 bytes
 _AUTO = "auto"
 
@@ -80,11 +85,6 @@ _MIN_SECRET_BYTES = 16
 _HIDDEN = "<hidden>"  # what repr shows instead of a secret interceptor option
 _TOMCAT_GCM = "AES/GCM/NoPadding"  # the only EncryptInterceptor algorithm tomcat_encrypt speaks
 _TOMCAT_DEFAULT_ALGORITHM = "AES/CBC/PKCS5Padding"  # EncryptInterceptor's default encryptionAlgorithm
-
-
-def _doc(text: str) -> dict[str, str]:
-    """Field metadata carrying its one-line description."""
-    return {"doc": text}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -186,38 +186,6 @@ def send_options_to_string(bits: int) -> str:
 
 # --------------------------------------------------------------------------------------------------------
 # Value checks (every one raises ConfigError naming the field)
-
-
-def _show(value: object) -> str:
-    """A value for an error message: its repr and type."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-def _range_text(lo: int, hi: int) -> str:
-    return f">= {lo}" if hi >= _MAX_INT else f"{lo}..{hi}"
-
-
-def _check_int(value: object, fld: str, lo: int = 0, hi: int = _MAX_INT) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"must be an integer, got {_show(value)}", fld)
-    if not lo <= value <= hi:
-        raise ConfigError(f"must be {_range_text(lo, hi)}, got {value}", fld)
-    return value
-
-
-def _check_bool(value: object, fld: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"must be true or false, got {_show(value)}", fld)
-    return value
-
-
-def _check_str(value: object, fld: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"must be a string, got {_show(value)}", fld)
-    return value
 
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._checks import check_bool, check_int, doc
 from .errors import ConfigError
 
 __all__ = ["MANAGER_KINDS", "SEND_MODES", "ManagerConfig"]
@@ -25,16 +26,6 @@ SEND_MODES = {"async": 8, "ack": 2, "sync": 6}
 received it), ``sync`` (every target applied it)."""
 
 SERIALIZERS = ("msgpack", "pickle")
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
-
-
-def _int(value: object, fld: str, lo: int, hi: int = 2**31 - 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"must be an integer in {lo}..{hi}, got {value!r}", fld)
-    return value
 
 
 def _seconds(value: object, fld: str, lo: float, hi: float) -> float:
@@ -55,60 +46,60 @@ class ManagerConfig:
 
     kind: str = field(
         default="delta",
-        metadata=_doc("``delta`` (every member holds every session) or ``backup`` (primary + one backup)."),
+        metadata=doc("``delta`` (every member holds every session) or ``backup`` (primary + one backup)."),
     )
     send_mode: str = field(
         default="ack",
-        metadata=_doc(
+        metadata=doc(
             "``async`` (queue and return), ``ack`` (commit returns once every target received the change) "
             "or ``sync`` (… applied it). Tomcat's ``channelSendOptions``/``mapSendOptions``."
         ),
     )
     max_inactive: int = field(
         default=1800,
-        metadata=_doc("Seconds of inactivity after which a session expires (≤ 0: never); Tomcat's default."),
+        metadata=doc("Seconds of inactivity after which a session expires (≤ 0: never); Tomcat's default."),
     )
     max_active: int = field(
         default=-1,
-        metadata=_doc("Most sessions held by a member (-1: unlimited); beyond it ``create()`` raises."),
+        metadata=doc("Most sessions held by a member (-1: unlimited); beyond it ``create()`` raises."),
     )
     attribute_filter: str | None = field(
         default=None,
-        metadata=_doc(
+        metadata=doc(
             "Regex of the attribute names that replicate (full match); others stay on the member that set "
             "them. None: all (Tomcat's ``sessionAttributeNameFilter``)."
         ),
     )
     notify_listeners_on_replication: bool = field(
         default=True,
-        metadata=_doc("Call session and attribute listeners for changes that arrive from other members."),
+        metadata=doc("Call session and attribute listeners for changes that arrive from other members."),
     )
     serializer: str = field(
         default="msgpack",
-        metadata=_doc(
+        metadata=doc(
             "``msgpack`` (the safe codec) or ``pickle`` for other values too; pickle needs a cluster secret, "
             "because unpickling runs code chosen by whoever can send to the cluster."
         ),
     )
     state_transfer_timeout: float = field(
         default=60.0,
-        metadata=_doc("Seconds a starting member waits for the sessions of the others (Tomcat's default)."),
+        metadata=doc("Seconds a starting member waits for the sessions of the others (Tomcat's default)."),
     )
     state_transfer_batch: int = field(
         default=1000,
-        metadata=_doc("Sessions per state-transfer message (Tomcat ``sendAllSessionsSize``)."),
+        metadata=doc("Sessions per state-transfer message (Tomcat ``sendAllSessionsSize``)."),
     )
     rpc_timeout: float = field(
         default=15.0,
-        metadata=_doc("BackupManager: seconds to wait when fetching a session from another member."),
+        metadata=doc("BackupManager: seconds to wait when fetching a session from another member."),
     )
 
     def __post_init__(self) -> None:
         _set = object.__setattr__
         _set(self, "kind", _choice(self.kind, "kind", MANAGER_KINDS))
         _set(self, "send_mode", _choice(self.send_mode, "send_mode", SEND_MODES))
-        _int(self.max_inactive, "max_inactive", -(2**31), 2**31 - 1)
-        _int(self.max_active, "max_active", -1, 2**62)
+        check_int(self.max_inactive, "max_inactive", -(2**31), 2**31 - 1)
+        check_int(self.max_active, "max_active", -1, 2**62)
         if self.attribute_filter is not None:
             if not isinstance(self.attribute_filter, str):
                 raise ConfigError(
@@ -118,15 +109,14 @@ class ManagerConfig:
                 re.compile(self.attribute_filter)
             except re.error as exc:
                 raise ConfigError(f"invalid regex: {exc}", "attribute_filter") from None
-        if not isinstance(self.notify_listeners_on_replication, bool):
-            raise ConfigError("must be true or false", "notify_listeners_on_replication")
+        check_bool(self.notify_listeners_on_replication, "notify_listeners_on_replication")
         _set(self, "serializer", _choice(self.serializer, "serializer", SERIALIZERS))
         _set(
             self,
             "state_transfer_timeout",
             _seconds(self.state_transfer_timeout, "state_transfer_timeout", 0, 86400),
         )
-        _int(self.state_transfer_batch, "state_transfer_batch", 1, 1_000_000)
+        check_int(self.state_transfer_batch, "state_transfer_batch", 1, 1_000_000)
         _set(self, "rpc_timeout", _seconds(self.rpc_timeout, "rpc_timeout", 0.001, 3600))
 
     @property
