@@ -77,22 +77,27 @@ def handle(
 CLUSTER: tribes.Cluster | None = None
 
 
+def stats_of(cluster: tribes.Cluster, middleware: Any) -> dict[str, Any]:
+    """What ``/_stats`` answers: the middleware's and the manager's counters, sessions held, peers."""
+    manager = cluster.manager(MANAGER)
+    return {
+        "web": middleware.stats(),
+        "manager": manager.stats(),
+        "sessions": len(manager),
+        "peers": len(cluster.members),
+    }
+
+
 def build_wsgi(cluster: tribes.Cluster) -> Callable[..., Iterable[bytes]]:
     manager = cluster.manager(MANAGER)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        route = cluster.config.route or ""
         body = handle(
             environ["tribes.session"],
             environ.get("PATH_INFO", "/"),
             environ.get("QUERY_STRING", ""),
-            route,
-            lambda: {
-                "web": middleware.stats(),
-                "manager": manager.stats(),
-                "sessions": len(manager),
-                "peers": len(cluster.members),
-            },
+            cluster.config.route or "",
+            lambda: stats_of(cluster, middleware),
         )
         data = json.dumps(body).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
@@ -113,12 +118,7 @@ def build_asgi(cluster: tribes.Cluster) -> Any:
             scope["path"],
             scope.get("query_string", b"").decode(),
             cluster.config.route or "",
-            lambda: {
-                "web": middleware.stats(),
-                "manager": manager.stats(),
-                "sessions": len(manager),
-                "peers": len(cluster.members),
-            },
+            lambda: stats_of(cluster, middleware),
         )
         data = json.dumps(body).encode()
         await send(
