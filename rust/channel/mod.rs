@@ -461,12 +461,6 @@ impl Channel {
         Ok(sessions.create(name, settings, link, me, transfer))
     }
 
-    /// The session manager of this name, if created.
-    pub fn existing_manager(&self, name: &str) -> Option<Arc<Manager>> {
-        let guard = self.running.lock();
-        guard.as_ref()?.shared.sessions.get(name)
-    }
-
     /// A handle for sending from other threads while running.
     pub(crate) fn link(&self) -> Result<Link> {
         let guard = self.running.lock();

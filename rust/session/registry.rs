@@ -119,11 +119,6 @@ impl Registry {
         self.managers.read().get(name).cloned()
     }
 
-    /// Names of the managers.
-    pub fn names(&self) -> Vec<String> {
-        self.managers.read().keys().cloned().collect()
-    }
-
     /// Creates the manager of this name (or returns the existing one) and starts its state
     /// transfer. `me` is the local member's unique id.
     pub(crate) fn create(

@@ -276,11 +276,6 @@ impl Entry {
             .chain(self.extra().local.iter().map(|(k, v)| (k.as_str(), v)))
     }
 
-    /// Number of live attributes.
-    pub fn live_len(&self) -> usize {
-        self.attrs.iter().filter(|(_, s)| s.value.is_some()).count() + self.extra().local.len()
-    }
-
     /// Applies one attribute write under `stamp`; the value is moved in.
     pub fn apply_attr(
         &mut self,
@@ -399,14 +394,6 @@ impl Entry {
                 Vec::new()
             },
         }
-    }
-
-    /// Bytes of attribute data held (for memory figures).
-    pub fn data_bytes(&self) -> usize {
-        self.attrs
-            .iter()
-            .map(|(k, s)| k.len() + s.value.as_ref().map_or(0, |v| v.len()))
-            .sum()
     }
 }
 
