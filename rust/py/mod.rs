@@ -21,6 +21,7 @@ use crate::config::CoreConfig;
 use crate::error::Error;
 use crate::events::{self, Event, LogRecord};
 use crate::member::{Member, MemberKey};
+use crate::session::{Kind as SessionKind, Settings};
 use crate::wire::options::{parse_send_options, send_options_to_string};
 
 pyo3::import_exception!(tribes.errors, ConfigError);
@@ -324,20 +325,34 @@ impl CoreChannel {
         route: Option<String>,
         transfer: bool,
     ) -> PyResult<session::CoreManager> {
-        session::CoreManager::open(
-            self,
-            py,
-            name,
+        if name.is_empty() || name.len() > crate::session::message::MAX_NAME {
+            return Err(PyValueError::new_err(
+                "a manager name must have 1 to 255 bytes",
+            ));
+        }
+        let kind = match kind {
+            "delta" => SessionKind::Delta,
+            "backup" => SessionKind::Backup,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "manager kind must be 'delta' or 'backup', not {other:?}"
+                )))
+            }
+        };
+        let settings = Settings {
             kind,
             send_options,
             max_inactive,
             max_active,
-            batch_size,
-            state_transfer_timeout_ms,
-            rpc_timeout_ms,
+            batch_size: batch_size.max(1),
+            state_transfer_timeout: Duration::from_millis(state_transfer_timeout_ms),
+            rpc_timeout: Duration::from_millis(rpc_timeout_ms.max(1)),
             route,
-            transfer,
-        )
+        };
+        let inner = py
+            .detach(|| self.inner.manager(name, settings, transfer))
+            .map_err(|e| to_pyerr(py, e))?;
+        Ok(session::CoreManager::wrap(inner))
     }
 
     /// Turns delivery of messages to Python on (when a listener exists) or off.

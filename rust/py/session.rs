@@ -9,12 +9,11 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::{to_pyerr, CoreChannel};
+use super::to_pyerr;
 use crate::session::manager::{AttrWrite, SessionEvent, SessionView};
 use crate::session::message::Action;
-use crate::session::{Kind, Manager, Settings};
+use crate::session::Manager;
 
 /// One session manager of a running channel.
 #[pyclass(module = "tribes._core", frozen)]
@@ -65,50 +64,9 @@ fn meta_action(kind: &str, value: &Bound<'_, PyAny>) -> PyResult<Action> {
 }
 
 impl CoreManager {
-    /// The session manager `name` of `channel`, created on first use (see `CoreChannel.manager`).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn open(
-        channel: &CoreChannel,
-        py: Python<'_>,
-        name: &str,
-        kind: &str,
-        send_options: u32,
-        max_inactive: i32,
-        max_active: i64,
-        batch_size: usize,
-        state_transfer_timeout_ms: u64,
-        rpc_timeout_ms: u64,
-        route: Option<String>,
-        transfer: bool,
-    ) -> PyResult<CoreManager> {
-        if name.is_empty() || name.len() > crate::session::message::MAX_NAME {
-            return Err(PyValueError::new_err(
-                "a manager name must have 1 to 255 bytes",
-            ));
-        }
-        let kind = match kind {
-            "delta" => Kind::Delta,
-            "backup" => Kind::Backup,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "manager kind must be 'delta' or 'backup', not {other:?}"
-                )))
-            }
-        };
-        let settings = Settings {
-            kind,
-            send_options,
-            max_inactive,
-            max_active,
-            batch_size: batch_size.max(1),
-            state_transfer_timeout: Duration::from_millis(state_transfer_timeout_ms),
-            rpc_timeout: Duration::from_millis(rpc_timeout_ms.max(1)),
-            route,
-        };
-        let inner = py
-            .detach(|| channel.inner.manager(name, settings, transfer))
-            .map_err(|e| to_pyerr(py, e))?;
-        Ok(CoreManager { inner })
+    /// Wraps a manager of a running channel.
+    pub(crate) fn wrap(inner: Arc<Manager>) -> Self {
+        CoreManager { inner }
     }
 }
 
