@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import inspect
 import math
 import uuid
 from datetime import UTC, date, datetime, time, timedelta, timezone
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tribes import codec
+from tribes import _core, codec
 from tribes.errors import ProtocolError
 
 MAX_DEPTH = 64
@@ -476,3 +477,13 @@ def test_protocol_error_is_a_tribes_error() -> None:
 
     with pytest.raises(TribesError):
         codec.loads(b"\xc1")
+
+
+def test_dumps_and_loads_are_the_core_functions_with_their_documented_signatures() -> None:
+    # No Python wrapper frame per call; the keyword names and the default of ``name`` are kept.
+    assert codec.dumps is _core.dumps and codec.loads is _core.loads
+    assert str(inspect.signature(codec.dumps)) == "(value, name='value')"
+    assert str(inspect.signature(codec.loads)) == "(data)"
+    assert codec.dumps.__doc__ and "``name`` is the session attribute's name" in codec.dumps.__doc__
+    assert codec.loads.__doc__ and "ProtocolError" in codec.loads.__doc__
+    assert codec.loads(data=codec.dumps(value=[1], name="x")) == [1]

@@ -11,7 +11,9 @@ __all__ = [
     "_panic_for_tests",
     "decode_value",
     "drain_logs",
+    "dumps",
     "encode_value",
+    "loads",
     "parse_send_options",
     "send_options_to_string",
     "set_log_level",
@@ -120,3 +122,8 @@ def drain_logs(max: int = 10000) -> list[tuple[int, str, str]]: ...
 def _panic_for_tests() -> None: ...
 def encode_value(obj: object, name: str = "value") -> bytes: ...
 def decode_value(data: bytes) -> object: ...
+def dumps(value: object, name: str = "value") -> bytes:
+    """Encode ``value`` (one of the supported types, nested) to bytes."""
+
+def loads(data: bytes) -> object:
+    """Decode bytes made by :func:`dumps` (or any msgpack encoder) back into a value."""

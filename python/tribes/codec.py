@@ -28,27 +28,8 @@ the table), so plain msgpack from any encoder decodes with :func:`loads`.
 
 from __future__ import annotations
 
-from ._core import decode_value, encode_value
+# ``dumps`` and ``loads`` are the Rust functions themselves (their docstrings are set there): a Python
+# wrapper frame would cost as much as encoding a short str.
+from ._core import dumps, loads
 
 __all__ = ["dumps", "loads"]
-
-
-def dumps(value: object, name: str = "value") -> bytes:
-    """Encode ``value`` (one of the supported types, nested) to bytes.
-
-    ``name`` is the session attribute's name, used in error messages only. Raises ``TypeError`` for
-    an unsupported type (the message names the attribute, the type and where it sits, e.g.
-    ``cart[2]['price']``), and ``ValueError`` for nesting deeper than 64 levels (or a container that
-    holds itself) or a ``str`` with lone surrogates.
-    """
-    return encode_value(value, name)
-
-
-def loads(data: bytes) -> object:
-    """Decode bytes made by :func:`dumps` (or any msgpack encoder) back into a value.
-
-    Raises :class:`tribes.errors.ProtocolError` when ``data`` is not exactly one valid encoding:
-    truncated, trailing bytes, unknown ext types, invalid dates, nesting deeper than 64 levels, an
-    unhashable dict key or set item. Never runs code chosen by the bytes.
-    """
-    return decode_value(data)

@@ -494,12 +494,7 @@ impl<'py> Encoder<'py> {
     }
 }
 
-/// Encodes a session attribute value with the safe codec. `name` (the attribute's name) only
-/// appears in error messages: `TypeError` for an unsupported type, `ValueError` for nesting
-/// deeper than 64 containers (or a container holding itself) and for strs with lone surrogates.
-#[pyfunction]
-#[pyo3(signature = (obj, name = "value"))]
-pub fn encode_value<'py>(
+fn encode<'py>(
     py: Python<'py>,
     obj: &Bound<'py, PyAny>,
     name: &str,
@@ -515,6 +510,38 @@ pub fn encode_value<'py>(
         Ok(()) => Ok(PyBytes::new(py, &enc.out)),
         Err(f) => Err(f.into_pyerr(py, name)),
     }
+}
+
+/// Encodes a session attribute value with the safe codec. `name` (the attribute's name) only
+/// appears in error messages: `TypeError` for an unsupported type, `ValueError` for nesting
+/// deeper than 64 containers (or a container holding itself) and for strs with lone surrogates.
+#[pyfunction]
+#[pyo3(signature = (obj, name = "value"))]
+pub fn encode_value<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    encode(py, obj, name)
+}
+
+/// Encode ``value`` (one of the supported types, nested) to bytes.
+///
+/// ``name`` is the session attribute's name, used in error messages only. Raises ``TypeError`` for
+/// an unsupported type (the message names the attribute, the type and where it sits, e.g.
+/// ``cart[2]['price']``), and ``ValueError`` for nesting deeper than 64 levels (or a container that
+/// holds itself) or a ``str`` with lone surrogates.
+//
+// `tribes.codec.dumps` itself (not a Python wrapper around `encode_value`: a Python frame costs
+// as much as encoding a short str).
+#[pyfunction]
+#[pyo3(signature = (value, name = "value"))]
+pub fn dumps<'py>(
+    py: Python<'py>,
+    value: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    encode(py, value, name)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -783,10 +810,8 @@ impl<'py> Build for PyBuilder<'py> {
     }
 }
 
-/// Decodes bytes made by `encode_value` (or any msgpack encoder) into a Python value;
-/// `tribes.errors.ProtocolError` when they are not a valid encoding. Never unpickles.
-#[pyfunction]
-pub fn decode_value<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+/// What `decode_value` and `loads` do.
+fn decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     let mut b = PyBuilder {
         py,
         t: types(py)?,
@@ -794,4 +819,23 @@ pub fn decode_value<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, Py
         key_text: Vec::new(),
     };
     c::decode_with(data, &mut b).map_err(|DecodeError(e)| e)
+}
+
+/// Decodes bytes made by `encode_value` (or any msgpack encoder) into a Python value;
+/// `tribes.errors.ProtocolError` when they are not a valid encoding. Never unpickles.
+#[pyfunction]
+pub fn decode_value<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    decode(py, data)
+}
+
+/// Decode bytes made by :func:`dumps` (or any msgpack encoder) back into a value.
+///
+/// Raises :class:`tribes.errors.ProtocolError` when ``data`` is not exactly one valid encoding:
+/// truncated, trailing bytes, unknown ext types, invalid dates, nesting deeper than 64 levels, an
+/// unhashable dict key or set item. Never runs code chosen by the bytes.
+//
+// `tribes.codec.loads` itself, like [`dumps`].
+#[pyfunction]
+pub fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    decode(py, data)
 }

@@ -450,5 +450,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(codec::encode_value, m)?)?;
     m.add_function(wrap_pyfunction!(codec::decode_value, m)?)?;
+    m.add_function(wrap_pyfunction!(codec::dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(codec::loads, m)?)?;
     Ok(())
 }
