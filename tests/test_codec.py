@@ -487,3 +487,114 @@ def test_dumps_and_loads_are_the_core_functions_with_their_documented_signatures
     assert codec.dumps.__doc__ and "``name`` is the session attribute's name" in codec.dumps.__doc__
     assert codec.loads.__doc__ and "ProtocolError" in codec.loads.__doc__
     assert codec.loads(data=codec.dumps(value=[1], name="x")) == [1]
+
+
+# -- the dict key cache kept across calls ------------------------------------------------------------
+
+
+def test_short_str_keys_are_reused_across_decodes() -> None:
+    blob = codec.dumps({"theme": 1, "lang": 2})
+    first, second = codec.loads(blob), codec.loads(blob)
+    assert first == second == {"theme": 1, "lang": 2}
+    # The same str objects come back (one allocation and one hash per key, not per decode).
+    assert [id(k) for k in first] == [id(k) for k in second]
+    assert all(type(k) is str for k in second)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "a", "é", "€uro", "😀" * 8, "k" * 31, "k" * 32, "k" * 33, "x" * 1000, "é" * 16, "é" * 17],
+)
+def test_keys_of_any_length_and_script_round_trip(key: str) -> None:
+    for _ in range(3):  # miss, then hits
+        back = codec.loads(codec.dumps({key: key, "other": 1}))
+        assert back == {key: key, "other": 1}
+        assert [type(k) for k in back] == [str, str]
+
+
+def test_keys_longer_than_the_cache_limit_are_fresh_objects() -> None:
+    blob = codec.dumps({"k" * 33: 1})
+    a, b = codec.loads(blob), codec.loads(blob)
+    assert a == b
+    assert next(iter(a)) is not next(iter(b))
+
+
+def test_non_str_keys_are_not_confused_with_cached_strs() -> None:
+    value = {"1": "str", 1: "int", b"1": "bytes", (1,): "tuple", None: "none", 1.5: "float"}
+    for _ in range(3):
+        back = codec.loads(codec.dumps(value))
+        assert back == value
+        assert [type(k) for k in back] == [type(k) for k in value]
+
+
+def test_many_distinct_keys_evicting_each_other_still_decode_exactly() -> None:
+    # Far more keys than cache slots, in several passes, so slots are overwritten again and again,
+    # and keys that differ only in one byte (same length, same ends) must not be taken for each other.
+    keys = [f"key-{i:05d}" for i in range(5000)] + [f"{i:032d}" for i in range(2000)]
+    for _ in range(2):
+        for start in range(0, len(keys), 500):
+            chunk = {k: i for i, k in enumerate(keys[start : start + 500])}
+            assert codec.loads(codec.dumps(chunk)) == chunk
+    for k in keys[:50] + keys[-50:]:
+        assert codec.loads(codec.dumps({k: 0})) == {k: 0}
+
+
+@pytest.mark.parametrize("raw", [b"\xff", b"a\xff", b"\xc3", b"\xed\xa0\x80", b"k" * 20 + b"\x80"])
+def test_invalid_utf8_keys_are_protocol_errors_before_and_after_a_valid_key_is_cached(raw: bytes) -> None:
+    bad = b"\x81" + bytes([0xA0 | len(raw)]) + raw + b"\x01"
+    with pytest.raises(ProtocolError, match="cannot decode a session value"):
+        codec.loads(bad)
+    # A valid key of the same length cached meanwhile must not let the invalid bytes through.
+    valid = "v" * len(raw)
+    assert codec.loads(codec.dumps({valid: 1})) == {valid: 1}
+    with pytest.raises(ProtocolError, match="cannot decode a session value"):
+        codec.loads(bad)
+
+
+def test_decoding_from_many_threads_gives_equal_values() -> None:
+    import threading
+
+    value = {"cart": [{"sku": f"A-{i}", "qty": i} for i in range(20)], "prefs": {"lang": "en"}}
+    blob = codec.dumps(value)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(2000):
+                assert codec.loads(blob) == value
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_a_decode_nested_in_a_decode_goes_without_the_cache() -> None:
+    # A garbage collection during a decode runs gc callbacks, Python code that may decode too (as a
+    # finalizer could): the nested decode finds the cache taken and must neither wait nor fail.
+    import gc
+
+    inner_blob = codec.dumps({"inner": [1, 2], "lang": "en"})
+    outer = {f"k{i}": {"lang": "en", "n": i} for i in range(300)}
+    outer_blob = codec.dumps(outer)
+    nested: list[object] = []
+
+    def callback(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            nested.append(codec.loads(inner_blob))
+
+    old = gc.get_threshold()
+    gc.callbacks.append(callback)
+    try:
+        gc.set_threshold(1)
+        back = codec.loads(outer_blob)
+    finally:
+        gc.set_threshold(*old)
+        gc.callbacks.remove(callback)
+    assert back == outer
+    assert nested, "no collection ran during the decode"
+    assert all(v == {"inner": [1, 2], "lang": "en"} for v in nested)

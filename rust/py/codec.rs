@@ -563,27 +563,49 @@ impl From<CodecError> for DecodeError {
 struct PyBuilder<'py> {
     py: Python<'py>,
     t: &'static Types,
-    /// Dict keys met so far in this value (short ones, a bounded number): a key that repeats,
-    /// like the field names of a list of records, becomes one str object whose hash is computed
-    /// once, as pickle's memo does.
-    keys: Vec<(u64, std::ops::Range<usize>, Bound<'py, PyString>)>,
-    key_text: Vec<u8>,
+    /// The shared dict key cache, taken on the first str key (see [`KeyCache`]).
+    keys: KeyCache,
 }
 
-/// A cheap tag of a short key (length and first and last bytes) that rules most entries out
-/// before the bytes are compared.
-fn key_tag(v: &[u8]) -> u64 {
-    let (first, last) = match v {
-        [] => (0, 0),
-        [a, .., z] => (*a, *z),
-        [a] => (*a, *a),
-    };
-    (v.len() as u64) << 16 | u64::from(first) << 8 | u64::from(last)
-}
-
-/// Longest dict key, and most keys, that [`PyBuilder`] reuses.
+/// Longest dict key, in UTF-8 bytes, that the key cache keeps.
 const KEY_CACHE_LEN: usize = 32;
-const KEY_CACHE_ENTRIES: usize = 64;
+/// Slots in the key cache (a power of two).
+const KEY_CACHE_SLOTS: usize = 1024;
+
+/// One slot of the key cache: a str and its UTF-8 bytes (checked when the str was made).
+struct KeySlot {
+    len: u8,
+    bytes: [u8; KEY_CACHE_LEN],
+    s: Option<Py<PyString>>,
+}
+
+/// Short dict keys kept across calls, as orjson does: session values repeat the same keys (field
+/// names, preference names) from one decode to the next, and a str reused is one allocation and
+/// one UTF-8 check saved, and a hash computed once instead of at every dict insertion. A fixed
+/// number of slots, each holding the last key whose bytes hashed to it, so memory stays bounded
+/// whatever keys the network sends. Only used with the GIL held; the lock is only there to make
+/// the static safe, and is never waited for (a nested or concurrent decode goes without).
+static KEY_CACHE: parking_lot::Mutex<Vec<KeySlot>> = parking_lot::Mutex::new(Vec::new());
+
+/// The key cache as one decode sees it.
+enum KeyCache {
+    /// No str key met yet.
+    Untried,
+    /// Held for the rest of this decode.
+    Held(parking_lot::MutexGuard<'static, Vec<KeySlot>>),
+    /// Held by another decode (one nested in this decode through a finalizer, or on a thread
+    /// that took the GIL meanwhile): this one makes its keys without it.
+    Busy,
+}
+
+/// The slot of a key: FNV-1a of its bytes (keys are at most [`KEY_CACHE_LEN`] bytes).
+fn key_slot(v: &[u8]) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in v {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    ((h ^ (h >> 32)) as usize) & (KEY_CACHE_SLOTS - 1)
+}
 
 type Out<'py> = Result<Bound<'py, PyAny>, DecodeError>;
 
@@ -688,21 +710,37 @@ impl<'py> Build for PyBuilder<'py> {
         if v.len() > KEY_CACHE_LEN {
             return self.new_str(v);
         }
-        let tag = key_tag(v);
-        let text = &self.key_text;
-        if let Some((_, _, k)) = self
-            .keys
-            .iter()
-            .find(|(t, r, _)| *t == tag && &text[r.clone()] == v)
-        {
-            return Ok(k.clone().into_any());
+        if let KeyCache::Untried = self.keys {
+            self.keys = match KEY_CACHE.try_lock() {
+                Some(mut slots) => {
+                    if slots.is_empty() {
+                        slots.resize_with(KEY_CACHE_SLOTS, || KeySlot {
+                            len: 0,
+                            bytes: [0; KEY_CACHE_LEN],
+                            s: None,
+                        });
+                    }
+                    KeyCache::Held(slots)
+                }
+                None => KeyCache::Busy,
+            };
         }
-        let k = PyString::from_bytes(self.py, v).map_err(|e| self.fail("str", e))?;
-        if self.keys.len() < KEY_CACHE_ENTRIES {
-            let at = self.key_text.len();
-            self.key_text.extend_from_slice(v);
-            self.keys.push((tag, at..self.key_text.len(), k.clone()));
+        let KeyCache::Held(slots) = &mut self.keys else {
+            return self.new_str(v);
+        };
+        let slot = &mut slots[key_slot(v)];
+        if let Some(s) = &slot.s {
+            if usize::from(slot.len) == v.len() && slot.bytes[..v.len()] == *v {
+                return Ok(s.bind(self.py).clone().into_any());
+            }
         }
+        let k = match PyString::from_bytes(self.py, v) {
+            Ok(k) => k,
+            Err(e) => return Err(self.fail("str", e)),
+        };
+        slot.len = v.len() as u8;
+        slot.bytes[..v.len()].copy_from_slice(v);
+        slot.s = Some(k.clone().unbind());
         Ok(k.into_any())
     }
     fn float(&mut self, v: f64) -> Out<'py> {
@@ -815,8 +853,7 @@ fn decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     let mut b = PyBuilder {
         py,
         t: types(py)?,
-        keys: Vec::new(),
-        key_text: Vec::new(),
+        keys: KeyCache::Untried,
     };
     c::decode_with(data, &mut b).map_err(|DecodeError(e)| e)
 }
