@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::wire::member::{MemberPacket, SHUTDOWN_COMMAND};
 use crate::wire::WireError;
@@ -20,13 +20,24 @@ pub struct MemberKey {
 }
 
 /// An immutable snapshot of a member. Shared as `Arc<Member>`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Member {
     /// The decoded packet fields.
     pub packet: MemberPacket,
     /// The packet as encoded bytes (alive time as advertised), used as a message's sender address.
     pub encoded: Arc<[u8]>,
+    /// SHA-256 of `encoded`, computed on first use: encrypted messages bind their sender's whole
+    /// packet through it, and a receiver reuses one `Member` for a connection's messages.
+    digest: OnceLock<[u8; 32]>,
 }
+
+impl PartialEq for Member {
+    fn eq(&self, other: &Self) -> bool {
+        self.packet == other.packet && self.encoded == other.encoded
+    }
+}
+
+impl Eq for Member {}
 
 impl Member {
     /// Builds a member from a decoded packet.
@@ -36,6 +47,7 @@ impl Member {
         Member {
             packet,
             encoded: buf.into(),
+            digest: OnceLock::new(),
         }
     }
 
@@ -45,6 +57,15 @@ impl Member {
         Ok(Member {
             encoded: bytes[..packet.encoded_len().min(bytes.len())].into(),
             packet,
+            digest: OnceLock::new(),
+        })
+    }
+
+    /// SHA-256 of the encoded packet (computed once per `Member`).
+    pub fn digest(&self) -> &[u8; 32] {
+        self.digest.get_or_init(|| {
+            use sha2::Digest;
+            sha2::Sha256::digest(&self.encoded[..]).into()
         })
     }
 

@@ -405,8 +405,8 @@ def test_message_outside_the_replay_window_is_rejected(
 def test_replay_is_rejected_after_its_nonce_was_evicted(
     mcast_port: int, local_node: Factory, capture: FrameCapture, wait_for: Factory
 ) -> None:
-    """The nonce memory is bounded (replay_cache); a message whose nonce was forgotten is still refused,
-    because it is not newer than the newest forgotten one."""
+    """The replay memory is bounded (replay_cache messages per sender); a message that fell out of it is
+    still refused, because it is further behind the sender's newest than the memory reaches."""
     cache = 1024
     sender = capturing_node(local_node, mcast_port, capture, wait_for)
     target = local_node(mcast_port, secret=SECRET, replay_cache=cache)
@@ -439,7 +439,8 @@ def test_replay_is_rejected_after_its_nonce_was_evicted(
 AUTHENTICATED_REGIONS = [
     ("envelope_key_id", 0),
     ("envelope_nonce", 5),
-    ("envelope_ciphertext", 0),  # the sealed timestamp
+    ("envelope_timestamp", -1),  # in clear, bound as associated data
+    ("envelope_ciphertext", 0),
     ("envelope_ciphertext", -1),  # the payload's last byte
     ("envelope_tag", -1),
     ("options", 3),  # 0x01 BYTE_MESSAGE: bound as associated data

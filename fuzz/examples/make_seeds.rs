@@ -226,7 +226,8 @@ fn main() {
         add("send_options", s.as_bytes().to_vec());
     }
 
-    let aad = envelope::aad(3, &[1; 16], &golden_member[..30]);
+    let aad = envelope::MessageAad::new(3, &[1; 16], &[2; 32]);
+    let aad = aad.as_bytes();
     for payload in [&b""[..], b"hello", lorem] {
         let sealed = envelope::seal(ring(), 5, &aad[..aad.len().min(63)], payload);
         add(
@@ -283,7 +284,7 @@ fn main() {
 
     for (i, key) in TOMCAT_KEYS.iter().enumerate() {
         let c = TomcatCipher::from_hex(key).expect("key");
-        add("tomcat_open", cat(&[&[i as u8], &c.seal(9, lorem)]));
+        add("tomcat_open", cat(&[&[i as u8], &c.seal(Some(9), lorem)]));
         add(
             "tomcat_open",
             cat(&[

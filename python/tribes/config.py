@@ -955,8 +955,9 @@ class ClusterConfig:
     replay_cache: int = field(
         default=16384,
         metadata=_doc(
-            "With a secret: nonces of recent messages remembered per sender to reject replays "
-            "(1024..10000000; about 40 bytes each)."
+            "With a secret: recent messages remembered per sender to reject replays (1024..10000000, "
+            "rounded up to a power of two; one bit each); a message further behind the sender's newest "
+            "is refused."
         ),
     )
     worker_threads: int = field(default=2, metadata=_doc("Threads of the core's I/O runtime (1..256)."))

@@ -16,7 +16,7 @@ use crate::config::{CoreConfig, InterceptorConfig};
 use crate::error::{Error, Result};
 use crate::member::{Member, MemberKey};
 use crate::security::envelope;
-use crate::security::replay::ReplayGuard;
+use crate::security::replay::{check_window, CounterWindow, ReplayGuard};
 use crate::security::tomcat::TomcatCipher;
 use crate::security::KeyRing;
 use crate::stats::{self, Stats};
@@ -152,14 +152,12 @@ impl Stack {
             }
         }
         if let Some(ring) = KeyRing::new(&cfg.security.secrets) {
-            stack.stages.push(Box::new(Encrypt {
+            stack.stages.push(Box::new(Encrypt::new(
                 ring,
-                local_address: ctx.local_address.clone(),
-                window_ms: cfg.security.replay_window_ms,
-                cache: cfg.security.replay_cache,
-                guards: Mutex::new(HashMap::new()),
-                stats: ctx.stats.clone(),
-            }));
+                ctx,
+                cfg.security.replay_window_ms,
+                cfg.security.replay_cache,
+            )));
         }
         Ok(stack)
     }
@@ -716,14 +714,67 @@ impl Interceptor for DomainFilter {
 /// messages that fail, that are replays, or whose timestamps are outside the window.
 struct Encrypt {
     ring: KeyRing,
-    /// The local member packet, as sent in every message's address field.
-    local_address: Arc<[u8]>,
+    /// SHA-256 of the local member packet (as sent in every message's address field), bound into
+    /// every message's AAD.
+    local_digest: [u8; 32],
+    /// Where the next nonce comes from.
+    nonces: Mutex<NonceSequence>,
     window_ms: u64,
     cache: usize,
-    /// One replay memory per sender: a sender's timestamps only grow, so the eviction rule never
-    /// refuses a genuine message of another, slower member.
-    guards: Mutex<HashMap<GuardKey, (ReplayGuard, Instant)>>,
+    /// One replay window per sender epoch; dropped once the sender has been silent for longer
+    /// than the timestamp window (every message it sent is then refused by its timestamp).
+    guards: Mutex<GuardMap>,
     stats: Arc<Stats>,
+}
+
+/// The sender's nonces: a random epoch and a counter; a new epoch before the counter wraps.
+struct NonceSequence {
+    epoch: [u8; 8],
+    next: u32,
+}
+
+impl NonceSequence {
+    fn new() -> Self {
+        NonceSequence {
+            epoch: rand::random(),
+            next: 0,
+        }
+    }
+
+    fn next_nonce(&mut self) -> [u8; 12] {
+        let nonce = envelope::counter_nonce(self.epoch, self.next);
+        match self.next.checked_add(1) {
+            Some(n) => self.next = n,
+            // A fresh 64-bit epoch: two members (or two epochs) meet on one with odds of 2^-64
+            // per pair, so nonces never repeat under the shared key in practice.
+            None => *self = NonceSequence::new(),
+        }
+        nonce
+    }
+}
+
+/// A sender epoch: port, unique id and epoch (the host is bound in the AAD).
+type GuardKey = (i32, [u8; 16], [u8; 8]);
+/// Keys are only inserted after a message authenticated, so they cannot be chosen by an attacker
+/// and a fast non-keyed hash is safe.
+type GuardMap = HashMap<GuardKey, (CounterWindow, i64), rustc_hash::FxBuildHasher>;
+
+/// Most sender epochs remembered before silent ones are dropped.
+const MAX_GUARDS: usize = 4096;
+
+impl Encrypt {
+    fn new(ring: KeyRing, ctx: &StackContext, window_ms: u64, cache: usize) -> Self {
+        use sha2::Digest;
+        Encrypt {
+            ring,
+            local_digest: sha2::Sha256::digest(&ctx.local_address[..]).into(),
+            nonces: Mutex::new(NonceSequence::new()),
+            window_ms,
+            cache,
+            guards: Mutex::new(GuardMap::default()),
+            stats: ctx.stats.clone(),
+        }
+    }
 }
 
 impl Interceptor for Encrypt {
@@ -732,8 +783,10 @@ impl Interceptor for Encrypt {
     }
 
     fn outbound(&self, mut msg: OutMessage, out: &mut Vec<OutMessage>) -> Result<()> {
-        let aad = envelope::aad(msg.options, &msg.unique_id, &self.local_address);
-        msg.payload = envelope::seal(&self.ring, now_ms(), &aad, &msg.payload);
+        let aad = envelope::MessageAad::new(msg.options, &msg.unique_id, &self.local_digest);
+        let nonce = self.nonces.lock().next_nonce();
+        msg.payload =
+            envelope::seal_with_nonce(&self.ring, nonce, now_ms(), aad.as_bytes(), &msg.payload);
         out.push(msg);
         Ok(())
     }
@@ -743,46 +796,40 @@ impl Interceptor for Encrypt {
         mut msg: InMessage,
         out: &mut Vec<InMessage>,
     ) -> std::result::Result<(), String> {
-        let aad = envelope::aad(msg.options, &msg.unique_id, &msg.sender.encoded);
+        let aad = envelope::MessageAad::new(msg.options, &msg.unique_id, msg.sender.digest());
         let (nonce, timestamp_ms) =
-            match envelope::open_in_place(&self.ring, &aad, &mut msg.payload) {
+            match envelope::open_in_place(&self.ring, aad.as_bytes(), &mut msg.payload) {
                 Ok(o) => o,
                 Err(e) => {
                     stats::inc(&self.stats.rejected_auth);
                     return Err(format!("from {}: {e}", msg.sender));
                 }
             };
-        let key = guard_key(&msg.sender);
-        let now = Instant::now();
-        let mut guards = self.guards.lock();
-        if guards.len() >= 4096 && !guards.contains_key(&key) {
-            // Memory of a sender silent for longer than the window is no longer needed: every
-            // message it sent is outside the window by now.
-            let window = Duration::from_millis(self.window_ms);
-            guards.retain(|_, (_, seen)| now.saturating_duration_since(*seen) <= window);
-        }
-        let (guard, seen) = guards
-            .entry(key)
-            .or_insert_with(|| (ReplayGuard::new(self.window_ms, self.cache), now));
-        *seen = now;
-        if let Err(e) = guard.check(&nonce, timestamp_ms, now_ms()) {
+        let now = now_ms();
+        let window = i64::try_from(self.window_ms).unwrap_or(i64::MAX);
+        let (epoch, counter) = envelope::split_nonce(&nonce);
+        let key = (msg.sender.packet.port, msg.sender.packet.unique_id, epoch);
+        let checked = check_window(timestamp_ms, now, window).and_then(|()| {
+            let mut guards = self.guards.lock();
+            if guards.len() >= MAX_GUARDS && !guards.contains_key(&key) {
+                guards.retain(|_, (_, seen)| now.saturating_sub(*seen) <= window);
+            }
+            let (guard, seen) = guards
+                .entry(key)
+                .or_insert_with(|| (CounterWindow::new(self.cache), now));
+            *seen = now;
+            guard.check(counter)
+        });
+        if let Err(e) = checked {
             stats::inc(&self.stats.rejected_replay);
             return Err(format!("from {}: {e}", msg.sender));
         }
-        drop(guards);
         out.push(msg);
         Ok(())
     }
 
-    // No member_gone: a departed sender's nonces are kept until they leave the window, so its
-    // captured messages cannot be replayed right after it left.
-}
-
-/// A sender's identity without allocating: port and unique id (the host is bound in the AAD).
-type GuardKey = (i32, [u8; 16]);
-
-fn guard_key(member: &Member) -> GuardKey {
-    (member.packet.port, member.packet.unique_id)
+    // No member_gone: a departed sender's windows are kept until they leave the timestamp
+    // window, so its captured messages cannot be replayed right after it left.
 }
 
 // ---- Tomcat's EncryptInterceptor ---------------------------------------------------------------

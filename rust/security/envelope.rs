@@ -1,10 +1,20 @@
 //! The encrypted channel-message envelope (tribes' own format, used when a secret is set):
 //!
 //! ```text
-//! 0x54 'T' | version 1 | key id (4) | nonce (12) | AES-256-GCM( timestamp (8, BE ms) ‖ payload ) + tag (16)
+//! 0x54 'T' | version 2 | key id (4) | nonce (12) | timestamp (8, BE ms) | AES-256-GCM(payload) + tag (16)
 //! ```
-//! The AAD binds the message to its header: `"tribes-msg" ‖ options ‖ unique id ‖ sender packet`,
-//! so a captured message cannot be re-sent under other options or as from another member.
+//! The timestamp travels in clear and is authenticated as the first 8 bytes of the AAD (it needs
+//! no secrecy; keeping it out of the ciphertext keeps the GCM input block-aligned for payloads
+//! that are).
+//! The nonce is the sender's epoch (8 random bytes) then a message counter (4 bytes, BE): unique
+//! per key without coordination, and it lets a receiver remember recent messages as a bitmap
+//! (see [`super::replay::CounterWindow`]).
+//!
+//! The AAD binds the message to its header: timestamp ‖ options ‖ message id ‖ SHA-256 of the
+//! sender's whole member packet (identity, alive time, domain, payload; cut to 20 bytes), so a captured message cannot be re-sent
+//! under other options or as from another member. A digest rather than the packet itself keeps
+//! the AAD short (every 16 bytes cost a GHASH block per receiver); receivers compute it once per
+//! sender, not per message.
 
 use ring::aead::{Aad, Nonce};
 
@@ -13,46 +23,106 @@ use super::{KeyRing, SecurityError};
 /// First byte of an envelope.
 pub const MARKER: u8 = 0x54;
 /// Envelope format version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes before the ciphertext.
-pub const HEADER_LEN: usize = 2 + 4 + 12;
+pub const HEADER_LEN: usize = 2 + 4 + 12 + 8;
 /// GCM tag length.
 pub const TAG_LEN: usize = 16;
-/// Smallest valid envelope: header, timestamp, tag.
-pub const MIN_LEN: usize = HEADER_LEN + 8 + TAG_LEN;
+/// Smallest valid envelope: header (with the timestamp) and tag.
+pub const MIN_LEN: usize = HEADER_LEN + TAG_LEN;
+/// Longest caller AAD that is assembled on the stack (longer ones allocate).
+const STACK_AAD: usize = 64;
+/// Bytes of the sender digest bound into a message's AAD (a 160-bit second-preimage margin).
+const SENDER_DIGEST_LEN: usize = 20;
+/// The additional authenticated data of a message, built on the stack: options ‖ message id ‖
+/// SHA-256 of the sender's member packet, cut to 20 bytes (the envelope adds the timestamp in
+/// front: 48 bytes, three GHASH blocks).
+#[derive(Clone, Copy)]
+pub struct MessageAad([u8; 4 + 16 + SENDER_DIGEST_LEN]);
 
-/// The additional authenticated data of a message: its options, its unique id and the sender's
-/// whole member packet (identity, alive time, domain, payload), exactly as carried in the frame.
-pub fn aad(options: u32, unique_id: &[u8], sender_packet: &[u8]) -> Vec<u8> {
-    let mut a = Vec::with_capacity(10 + 4 + unique_id.len() + sender_packet.len());
-    a.extend_from_slice(b"tribes-msg");
-    a.extend_from_slice(&options.to_be_bytes());
-    a.extend_from_slice(unique_id);
-    a.extend_from_slice(sender_packet);
-    a
+impl MessageAad {
+    /// The AAD of a message with these options and id, sent by the member whose packet has this
+    /// digest ([`crate::member::Member::digest`]).
+    pub fn new(options: u32, message_id: &[u8; 16], sender_digest: &[u8; 32]) -> MessageAad {
+        let mut buf = [0u8; 4 + 16 + SENDER_DIGEST_LEN];
+        buf[..4].copy_from_slice(&options.to_be_bytes());
+        buf[4..20].copy_from_slice(message_id);
+        buf[20..].copy_from_slice(&sender_digest[..SENDER_DIGEST_LEN]);
+        MessageAad(buf)
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
-/// Encrypts `payload` with the ring's sending key and a fresh random nonce (one allocation, one
-/// copy of the payload; the encryption runs in place).
+/// A nonce from an epoch and a counter (see the module doc).
+pub fn counter_nonce(epoch: [u8; 8], counter: u32) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&epoch);
+    n[8..].copy_from_slice(&counter.to_be_bytes());
+    n
+}
+
+/// Splits a nonce into its epoch and counter.
+pub fn split_nonce(nonce: &[u8; 12]) -> ([u8; 8], u32) {
+    let mut epoch = [0u8; 8];
+    epoch.copy_from_slice(&nonce[..8]);
+    let mut ctr = [0u8; 4];
+    ctr.copy_from_slice(&nonce[8..]);
+    (epoch, u32::from_be_bytes(ctr))
+}
+
+/// Encrypts `payload` with the ring's sending key and a fresh random nonce.
 pub fn seal(ring: &KeyRing, timestamp_ms: i64, aad: &[u8], payload: &[u8]) -> Vec<u8> {
+    seal_with_nonce(ring, rand::random(), timestamp_ms, aad, payload)
+}
+
+/// Encrypts `payload` with the ring's sending key under `nonce`, which must never have been used
+/// with this key before (one allocation, one copy of the payload; the encryption runs in place).
+pub fn seal_with_nonce(
+    ring: &KeyRing,
+    nonce: [u8; 12],
+    timestamp_ms: i64,
+    aad: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     let key = ring.sending();
-    let nonce: [u8; 12] = rand::random();
-    let mut out = Vec::with_capacity(HEADER_LEN + 8 + payload.len() + TAG_LEN);
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
     out.push(MARKER);
     out.push(VERSION);
     out.extend_from_slice(&key.id);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&timestamp_ms.to_be_bytes());
     out.extend_from_slice(payload);
+    let sealed = with_full_aad(timestamp_ms, aad, |full| {
+        key.aead.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(full),
+            &mut out[HEADER_LEN..],
+        )
+    });
     // Sealing fails only for inputs beyond GCM's 64 GiB limit, far above any frame limit.
-    if let Ok(tag) = key.aead.seal_in_place_separate_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::from(aad),
-        &mut out[HEADER_LEN..],
-    ) {
+    if let Ok(tag) = sealed {
         out.extend_from_slice(tag.as_ref());
     }
     out
+}
+
+/// Runs `f` with the GCM AAD: the timestamp, then the caller's AAD.
+fn with_full_aad<T>(timestamp_ms: i64, aad: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+    if aad.len() <= STACK_AAD {
+        let mut buf = [0u8; 8 + STACK_AAD];
+        buf[..8].copy_from_slice(&timestamp_ms.to_be_bytes());
+        buf[8..8 + aad.len()].copy_from_slice(aad);
+        f(&buf[..8 + aad.len()])
+    } else {
+        let mut buf = Vec::with_capacity(8 + aad.len());
+        buf.extend_from_slice(&timestamp_ms.to_be_bytes());
+        buf.extend_from_slice(aad);
+        f(&buf)
+    }
 }
 
 /// An opened envelope.
@@ -93,20 +163,22 @@ pub fn open_in_place(
     let key = ring.by_id(&data[2..6]).ok_or(SecurityError::UnknownKey)?;
     let mut nonce = [0u8; 12];
     nonce.copy_from_slice(&data[6..18]);
-    let plain_len = key
-        .aead
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad),
-            &mut data[HEADER_LEN..],
-        )
-        .map_err(|_| SecurityError::BadTag)?
-        .len();
     let mut ts = [0u8; 8];
-    ts.copy_from_slice(&data[HEADER_LEN..HEADER_LEN + 8]);
+    ts.copy_from_slice(&data[18..26]);
+    let timestamp_ms = i64::from_be_bytes(ts);
+    let plain_len = with_full_aad(timestamp_ms, aad, |full| {
+        key.aead
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(full),
+                &mut data[HEADER_LEN..],
+            )
+            .map(|p| p.len())
+    })
+    .map_err(|_| SecurityError::BadTag)?;
     data.truncate(HEADER_LEN + plain_len);
-    data.drain(..HEADER_LEN + 8);
-    Ok((nonce, i64::from_be_bytes(ts)))
+    data.drain(..HEADER_LEN);
+    Ok((nonce, timestamp_ms))
 }
 
 #[cfg(test)]
@@ -121,19 +193,24 @@ mod tests {
     #[test]
     fn seal_open_round_trip_and_binding() {
         let r = ring();
-        let a = aad(3, &[1; 16], b"sender packet");
-        let env = seal(&r, 42, &a, b"hello");
-        let o = open(&r, &a, &env).expect("opens");
+        let aad =
+            |options: u32, id: u8, sender: u8| MessageAad::new(options, &[id; 16], &[sender; 32]);
+        let a = aad(3, 9, 1);
+        let env = seal_with_nonce(&r, counter_nonce([5; 8], 7), 42, a.as_bytes(), b"hello");
+        let o = open(&r, a.as_bytes(), &env).expect("opens");
         assert_eq!((o.timestamp_ms, &o.payload[..]), (42, &b"hello"[..]));
-        // Another option word, sender or key: refused.
-        let other = aad(2, &[1; 16], b"sender packet");
-        assert_eq!(open(&r, &other, &env), Err(SecurityError::BadTag));
+        assert_eq!(split_nonce(&o.nonce), ([5; 8], 7));
+        // Another option word, message id, sender or key: refused.
+        for other in [aad(2, 9, 1), aad(3, 8, 1), aad(3, 9, 2)] {
+            assert_eq!(open(&r, other.as_bytes(), &env), Err(SecurityError::BadTag));
+        }
+        let a = a.as_bytes();
         let wrong = KeyRing::new(&["another-secret-value"]).expect("ring");
-        assert_eq!(open(&wrong, &a, &env), Err(SecurityError::UnknownKey));
+        assert_eq!(open(&wrong, a, &env), Err(SecurityError::UnknownKey));
         // Rotation: a ring that still accepts the old key opens it.
         let rotated =
             KeyRing::new(&["another-secret-value", "a-very-secret-secret"]).expect("ring");
-        assert!(open(&rotated, &a, &env).is_ok());
+        assert!(open(&rotated, a, &env).is_ok());
     }
 
     proptest! {

@@ -33,8 +33,8 @@ MEMBER_BEGIN = b"TRIBES-B\x01\x00"
 MEMBER_END = b"TRIBES-E\x01\x00"
 OPT_BYTE_MESSAGE, OPT_USE_ACK, OPT_SYNC = 0x01, 0x02, 0x04
 
-ENVELOPE_MARKER = b"\x54\x01"  # 0x54 'T', version 1
-ENVELOPE_HEADER = 2 + 4 + 12  # marker, version, key id, nonce
+ENVELOPE_MARKER = b"\x54\x02"  # 0x54 'T', version 2
+ENVELOPE_HEADER = 2 + 4 + 12 + 8  # marker, version, key id, nonce, timestamp
 GCM_TAG = 16
 TRAILER_MAGIC = b"TRAU"
 TRAILER_LEN = 32
@@ -151,7 +151,8 @@ def parse_frame(data: bytes) -> FrameLayout:
     m0, m1 = f["message"]
     if data[m0 : m0 + 2] == ENVELOPE_MARKER:
         f["envelope_key_id"] = (m0 + 2, m0 + 6)
-        f["envelope_nonce"] = (m0 + 6, m0 + ENVELOPE_HEADER)
+        f["envelope_nonce"] = (m0 + 6, m0 + 18)
+        f["envelope_timestamp"] = (m0 + 18, m0 + ENVELOPE_HEADER)
         f["envelope_ciphertext"] = (m0 + ENVELOPE_HEADER, m1 - GCM_TAG)
         f["envelope_tag"] = (m1 - GCM_TAG, m1)
     return FrameLayout(options, f)
