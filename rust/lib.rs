@@ -17,6 +17,7 @@
 //! - `py` (feature `python`): the PyO3 bindings, the only module that knows about Python.
 
 pub mod channel;
+pub mod completions;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -10,6 +10,8 @@ deadline.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -371,6 +373,74 @@ def test_first_change_is_never_lost(trio: Callable[[str], list[tribes.Cluster]])
         ids.append(s.id)
     for m in managers[1:]:
         assert all(attrs_of(m, sid) == {"first": i} for i, sid in enumerate(ids))
+
+
+@pytest.mark.parametrize("kind", ["delta", "backup"])
+def test_commit_async_is_acknowledged_on_return(
+    trio: Callable[[str], list[tribes.Cluster]], kind: str
+) -> None:
+    """``commit_async`` (what the ASGI middleware awaits in ack mode): many commits in flight on one loop,
+    each done only once its targets hold it; a cancelled await still commits; a second loop works too."""
+    clusters = trio(kind)
+    managers = [c.manager(MANAGER) for c in clusters]
+    copies_needed = len(managers) if kind == "delta" else 2  # every member, or primary + backup
+
+    def holders(sid: str, want: dict[str, Any]) -> int:
+        return sum(attrs_of(m, sid) == want for m in managers)
+
+    async def many() -> list[tuple[str, dict[str, Any], bool]]:
+        sessions = []
+        for i in range(200):
+            s = managers[0].create()
+            s["n"] = i
+            s["cart"] = [f"item-{i}"]
+            sessions.append(s)
+        results = await asyncio.gather(*(managers[0].commit_async(s) for s in sessions))
+        return [
+            (s.id, {"n": i, "cart": [f"item-{i}"]}, r)
+            for i, (s, r) in enumerate(zip(sessions, results, strict=True))
+        ]
+
+    loop = asyncio.new_event_loop()
+    try:
+        done = loop.run_until_complete(many())
+        assert all(changed for _, _, changed in done)
+        # Acknowledged: no waiting here.
+        assert [holders(sid, want) for sid, want, _ in done] == [copies_needed] * len(done)
+
+        async def cancelled() -> str:
+            s = managers[0].create()
+            s["kept"] = True
+            task = asyncio.ensure_future(managers[0].commit_async(s))
+            await asyncio.sleep(0)  # the commit is on its way
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return s.id
+
+        sid = loop.run_until_complete(cancelled())
+        wait_for(lambda: holders(sid, {"kept": True}) == copies_needed, EVENT_TIMEOUT, "the cancelled commit")
+        # Unchanged session: False, nothing sent.
+        s = managers[0].get(done[0][0])
+        assert s is not None
+        assert loop.run_until_complete(managers[0].commit_async(s)) is False
+
+        # Another loop, while the first is alive, goes through its executor.
+        other = asyncio.new_event_loop()
+        try:
+            s = managers[0].create()
+            s["other_loop"] = 1
+            assert other.run_until_complete(managers[0].commit_async(s)) is True
+            assert holders(s.id, {"other_loop": 1}) == copies_needed
+        finally:
+            other.close()
+    finally:
+        loop.close()
+    # The first loop closed: a new loop takes over the wake-up socket.
+    s = managers[0].create()
+    s["after"] = 2
+    assert asyncio.run(managers[0].commit_async(s)) is True
+    assert holders(s.id, {"after": 2}) == copies_needed
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ No web framework is imported here.
 
 from __future__ import annotations
 
+from .session import Session
 from .web import Replicator, RequestSession
 
 __all__ = ["FrameworkReplicator"]
@@ -18,9 +19,10 @@ class FrameworkReplicator(Replicator):
     member, so the old id cannot be used again anywhere.
     """
 
-    def close(self, request: RequestSession, path: str) -> str | None:
-        """Invalidate the session if this request removed its last attribute, then as the base class."""
+    def _to_commit(self, request: RequestSession, path: str) -> Session | None:
+        """Invalidate the session if this request removed its last attribute (for ``close`` and
+        ``aclose`` alike), then as the base class."""
         session = request._session  # only if the request loaded it: never load here
         if session is not None and session.valid and session.modified and len(session) == 0:
             request.invalidate()
-        return super().close(request, path)
+        return super()._to_commit(request, path)

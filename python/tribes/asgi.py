@@ -15,7 +15,6 @@ requests meanwhile; everything else ends inline.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -40,7 +39,7 @@ class ReplicationMiddleware:
         """Wrap ``app``; sessions come from ``manager``."""
         self.app = app
         self.replicator = Replicator(manager, **options)
-        # Async commits return at once: no thread hop for them.
+        # Async commits return at once: nothing to await for them.
         self._inline = manager.send_mode == "async"
 
     def stats(self) -> dict[str, int]:
@@ -68,7 +67,8 @@ class ReplicationMiddleware:
             if self._inline or not replicator.must_wait(request):
                 # Nothing to wait for (no session, no change, async mode, no other member): inline.
                 return replicator.close(request, path)
-            return await asyncio.get_running_loop().run_in_executor(None, replicator.close, request, path)
+            # The loop serves other requests while the members acknowledge.
+            return await replicator.aclose(request, path)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] in ("http.response.start", "websocket.accept") and not closed:

@@ -19,10 +19,12 @@ from other members, on the dispatcher thread.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pickle
 import re
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -74,6 +76,46 @@ def _unpickle_ext(raw: bytes) -> bytes | None:
     return body if len(body) == n else None
 
 
+class _BackgroundCommits:
+    """Commits awaited on one asyncio loop: the core runs each on one of its own threads and, when
+    the acknowledgements are in, makes a socket readable that the loop watches. No Python thread
+    waits, and the GIL is taken only on the loop, once per batch of finished commits."""
+
+    def __init__(self, core: _core.CoreManager, loop: asyncio.AbstractEventLoop) -> None:
+        self.core = core
+        self.loop = loop
+        self.pending: dict[int, asyncio.Future[bool]] = {}
+        self.next_token = 0
+        self.fd = core.completion_fd()
+        loop.add_reader(self.fd, self._collect)
+
+    def submit(self, sid: str, writes: list[Any], meta: list[Any]) -> asyncio.Future[bool]:
+        self.next_token += 1
+        token = self.next_token
+        future: asyncio.Future[bool] = self.loop.create_future()
+        self.pending[token] = future
+        try:
+            self.core.commit_background(token, sid, writes, meta)
+        except BaseException:
+            del self.pending[token]
+            raise
+        return future
+
+    def _collect(self) -> None:
+        for token, outcome in self.core.take_completed():
+            future = self.pending.pop(token, None)
+            if future is None or future.done():
+                continue  # its request was cancelled; the commit itself went through
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.fd)
+
+
 class SessionManager:
     """What both managers share. Use :class:`DeltaManager` or :class:`BackupManager`."""
 
@@ -89,6 +131,8 @@ class SessionManager:
         self._has_listeners = False
         self._filter = None if config.attribute_filter is None else re.compile(config.attribute_filter)
         self._transfer = "not_started"
+        self._background: _BackgroundCommits | None = None
+        self._background_lock = threading.Lock()
 
     # -- settings -----------------------------------------------------------------------------------
 
@@ -233,20 +277,70 @@ class SessionManager:
         :class:`~tribes.errors.ChannelError` naming them (the others have it, and so does this member).
         Returns True when the application had changed the session (a delta went out).
         """
-        if session.manager is not self:
-            raise ValueError(f"session {session.id} belongs to manager {session.manager.name!r}")
-        if not session.valid:
+        if not self._check_committable(session):
             return False
         writes, new_raw = session._changes()
         meta = list(session._meta.items())
-        changed = bool(writes) or any(k != "is_new" for k, _ in meta)
         try:
             alive = self._require().commit(session.id, writes, meta)
         finally:
             session._committed(new_raw)
+        return self._after_commit(session, writes, meta, alive)
+
+    async def commit_async(self, session: Session) -> bool:
+        """:meth:`commit` for asyncio code: the same effect and result, awaited without blocking the
+        event loop and without a thread per waiting commit (the core waits for the acknowledgements
+        and wakes the loop). Used by the ASGI middleware for ``ack`` and ``sync`` commits.
+
+        A manager serves one event loop this way (the first that calls it while it runs); a commit
+        awaited on another loop runs in that loop's default executor instead.
+        """
+        if not self._check_committable(session):
+            return False
+        core = self._require()
+        writes, new_raw = session._changes()
+        meta = list(session._meta.items())
+        loop = asyncio.get_running_loop()
+        background = self._background_on(core, loop)
+        try:
+            if background is None:
+                alive = await loop.run_in_executor(None, core.commit, session.id, writes, meta)
+            else:
+                alive = await background.submit(session.id, writes, meta)
+        finally:
+            session._committed(new_raw)
+        return self._after_commit(session, writes, meta, alive)
+
+    def _check_committable(self, session: Session) -> bool:
+        if session.manager is not self:
+            raise ValueError(f"session {session.id} belongs to manager {session.manager.name!r}")
+        return session.valid
+
+    @staticmethod
+    def _after_commit(session: Session, writes: list[Any], meta: list[Any], alive: bool) -> bool:
         if not alive:
             session._valid = False
+        changed = bool(writes) or any(k != "is_new" for k, _ in meta)
         return changed and alive
+
+    def _background_on(
+        self, core: _core.CoreManager, loop: asyncio.AbstractEventLoop
+    ) -> _BackgroundCommits | None:
+        """The background-commit dispatcher of ``loop``, made on first use; None when another live
+        loop already has this manager's (two loops must not share one wake-up socket)."""
+        background = self._background
+        if background is not None and background.core is core and background.loop is loop:
+            return background
+        with self._background_lock:
+            background = self._background
+            if background is not None and background.core is core and background.loop is loop:
+                return background
+            if background is not None:
+                if background.core is core and not background.loop.is_closed():
+                    return None
+                background.close()
+            self._background = _BackgroundCommits(core, loop)
+            return self._background
 
     def invalidate(self, session: Session | str) -> bool:
         """End a session on every member. Returns False when it did not exist here."""

@@ -279,24 +279,53 @@ class Replicator:
     def close(self, request: RequestSession, path: str) -> str | None:
         """End a request: replicate (unless ``path`` matches the filter) and return the ``Set-Cookie``
         header value to send, if any."""
+        session = self._to_commit(request, path)
+        if session is not None:
+            try:
+                changed = self.manager.commit(session)
+            except ChannelError as exc:
+                self._replication_failed(session, exc)
+            else:
+                self.stats.add("replicated" if changed else "unchanged")
+        return self._cookie_after(request)
+
+    async def aclose(self, request: RequestSession, path: str) -> str | None:
+        """:meth:`close` for asyncio servers: the commit is awaited (see
+        :meth:`~tribes.managers.SessionManager.commit_async`), so the event loop keeps serving while
+        the other members acknowledge."""
+        session = self._to_commit(request, path)
+        if session is not None:
+            try:
+                changed = await self.manager.commit_async(session)
+            except ChannelError as exc:
+                self._replication_failed(session, exc)
+            else:
+                self.stats.add("replicated" if changed else "unchanged")
+        return self._cookie_after(request)
+
+    def _to_commit(self, request: RequestSession, path: str) -> Session | None:
+        """Counts the request; the session to commit, or None (none, ended, or a static path that
+        did not change it)."""
         self.stats.add("requests")
         session = request._session
         filtered = self.filter is not None and self.filter.fullmatch(path) is not None
         if session is not None and session.valid:
             if filtered and not session.modified:
                 self.stats.add("filtered")
-            else:
-                try:
-                    changed = self.manager.commit(session)
-                except ChannelError as exc:
-                    # Like Tomcat's valve: the response still goes out (the change is held here and
-                    # by the members that got it); the failure is counted and logged.
-                    self.stats.add("replication_failures")
-                    _log.warning("session %s: replication incomplete: %s", session.id, exc)
-                else:
-                    self.stats.add("replicated" if changed else "unchanged")
-        elif filtered and request._incoming is not None:
+                return None
+            return session
+        if filtered and request._incoming is not None:
             self.stats.add("filtered")
+        return None
+
+    def _replication_failed(self, session: Session, exc: ChannelError) -> None:
+        # Like Tomcat's valve: the response still goes out (the change is held here and by the
+        # members that got it); the failure is counted and logged.
+        self.stats.add("replication_failures")
+        _log.warning("session %s: replication incomplete: %s", session.id, exc)
+
+    def _cookie_after(self, request: RequestSession) -> str | None:
+        session = request._session
         if request._invalidated and request._incoming is not None:
             return self.cookie_header(None)
         if request._new_cookie and session is not None and session.valid:
@@ -305,7 +334,7 @@ class Replicator:
 
     def must_wait(self, request: RequestSession) -> bool:
         """True when ending this request may wait for other members (an acknowledged commit of a
-        changed session with members to send to): only then is it worth a worker thread."""
+        changed session with members to send to): only then is it worth awaiting."""
         session = request._session
         return (
             session is not None

@@ -4,13 +4,14 @@
 //! waiting for state transfer) releases the GIL.
 
 use bytes::Bytes;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyTuple};
 use std::sync::Arc;
 
 use super::to_pyerr;
+use crate::completions::Completions;
 use crate::session::manager::{AttrWrite, SessionEvent, SessionView};
 use crate::session::message::Action;
 use crate::session::Manager;
@@ -19,6 +20,8 @@ use crate::session::Manager;
 #[pyclass(module = "tribes._core", frozen)]
 pub struct CoreManager {
     inner: Arc<Manager>,
+    /// Outcomes of `commit_background`, for an asyncio loop (created on first use).
+    background: std::sync::OnceLock<Arc<Completions<crate::error::Result<bool>>>>,
 }
 
 fn view_to_py<'py>(py: Python<'py>, v: SessionView) -> PyResult<Bound<'py, PyTuple>> {
@@ -66,8 +69,40 @@ fn meta_action(kind: &str, value: &Bound<'_, PyAny>) -> PyResult<Action> {
 impl CoreManager {
     /// Wraps a manager of a running channel.
     pub(crate) fn wrap(inner: Arc<Manager>) -> Self {
-        CoreManager { inner }
+        CoreManager {
+            inner,
+            background: std::sync::OnceLock::new(),
+        }
     }
+
+    fn background(&self) -> PyResult<&Arc<Completions<crate::error::Result<bool>>>> {
+        if let Some(b) = self.background.get() {
+            return Ok(b);
+        }
+        let made = Completions::new().map_err(|e| {
+            PyOSError::new_err(format!("cannot create the commit wake-up socket: {e}"))
+        })?;
+        Ok(self.background.get_or_init(|| Arc::new(made)))
+    }
+}
+
+fn commit_args(
+    writes: Vec<(String, Option<PyBackedBytes>, bool)>,
+    meta: Vec<(String, Bound<'_, PyAny>)>,
+) -> PyResult<(Vec<AttrWrite>, Vec<Action>)> {
+    let writes: Vec<AttrWrite> = writes
+        .into_iter()
+        .map(|(name, value, local)| AttrWrite {
+            name,
+            value: value.map(|b| Bytes::copy_from_slice(&b)),
+            local,
+        })
+        .collect();
+    let meta = meta
+        .iter()
+        .map(|(k, v)| meta_action(k, v))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok((writes, meta))
 }
 
 #[pymethods]
@@ -110,20 +145,51 @@ impl CoreManager {
         writes: Vec<(String, Option<PyBackedBytes>, bool)>,
         meta: Vec<(String, Bound<'_, PyAny>)>,
     ) -> PyResult<bool> {
-        let writes: Vec<AttrWrite> = writes
-            .into_iter()
-            .map(|(name, value, local)| AttrWrite {
-                name,
-                value: value.map(|b| Bytes::copy_from_slice(&b)),
-                local,
-            })
-            .collect();
-        let meta = meta
-            .iter()
-            .map(|(k, v)| meta_action(k, v))
-            .collect::<PyResult<Vec<_>>>()?;
+        let (writes, meta) = commit_args(writes, meta)?;
         py.detach(|| self.inner.commit(id, writes, meta))
             .map_err(|e| to_pyerr(py, e))
+    }
+
+    /// Like `commit`, on a background thread: returns at once; the outcome (True/False, or the
+    /// exception `commit` would raise) is collected under `token` by `take_completed` once
+    /// `completion_fd()` is readable.
+    fn commit_background(
+        &self,
+        token: u64,
+        id: String,
+        writes: Vec<(String, Option<PyBackedBytes>, bool)>,
+        meta: Vec<(String, Bound<'_, PyAny>)>,
+    ) -> PyResult<()> {
+        let (writes, meta) = commit_args(writes, meta)?;
+        let done = self.background()?.clone();
+        let inner = self.inner.clone();
+        self.inner.spawn_blocking(move || {
+            let outcome = inner.commit(&id, writes, meta);
+            done.push(token, outcome);
+        });
+        Ok(())
+    }
+
+    /// The descriptor that becomes readable when background commits have finished.
+    fn completion_fd(&self) -> PyResult<i32> {
+        Ok(self.background()?.fd())
+    }
+
+    /// `[(token, True | False | exception)]` of the background commits finished so far.
+    fn take_completed<'py>(&self, py: Python<'py>) -> PyResult<Vec<(u64, Bound<'py, PyAny>)>> {
+        let Some(b) = self.background.get() else {
+            return Ok(Vec::new());
+        };
+        b.take()
+            .into_iter()
+            .map(|(token, outcome)| {
+                let value = match outcome {
+                    Ok(alive) => PyBool::new(py, alive).to_owned().into_any(),
+                    Err(e) => to_pyerr(py, e).into_value(py).into_bound(py).into_any(),
+                };
+                Ok((token, value))
+            })
+            .collect()
     }
 
     /// Invalidates a session everywhere; False when it was not held here.

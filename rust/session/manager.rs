@@ -285,6 +285,12 @@ impl Manager {
         &self.name
     }
 
+    /// Runs `work` on the channel runtime's pool of blocking threads (for a commit whose caller
+    /// must not block, such as an asyncio event loop).
+    pub fn spawn_blocking(&self, work: impl FnOnce() + Send + 'static) {
+        drop(self.link.handle.spawn_blocking(work));
+    }
+
     /// Its settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
