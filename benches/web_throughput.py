@@ -317,6 +317,7 @@ def serve_main() -> int:
                 membership={"port": spec["mcast_port"]},
                 managers={MANAGER: {"send_mode": spec["mode"]}},
                 route=spec["route"],
+                **({"worker_threads": int(os.environ["BENCH_WT"])} if os.environ.get("BENCH_WT") else {}),
             )
             cluster = tribes.Cluster(cfg)
             cluster.start()

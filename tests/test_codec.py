@@ -12,7 +12,7 @@ import enum
 import inspect
 import math
 import uuid
-from datetime import UTC, date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -515,7 +515,7 @@ def test_keys_of_any_length_and_script_round_trip(key: str) -> None:
 def test_keys_longer_than_the_cache_limit_are_fresh_objects() -> None:
     blob = codec.dumps({"k" * 33: 1})
     a, b = codec.loads(blob), codec.loads(blob)
-    assert a == b
+    assert isinstance(a, dict) and isinstance(b, dict) and a == b
     assert next(iter(a)) is not next(iter(b))
 
 
@@ -598,3 +598,43 @@ def test_a_decode_nested_in_a_decode_goes_without_the_cache() -> None:
     assert back == outer
     assert nested, "no collection ran during the decode"
     assert all(v == {"inner": [1, 2], "lang": "en"} for v in nested)
+
+
+# -- the encoder's reused output buffer and the lazily read name -----------------------------------
+
+
+def test_an_encode_nested_in_an_encode_does_not_clobber_the_outer_output() -> None:
+    # A tzinfo's utcoffset() runs Python code in the middle of an encode; if it encodes too, each
+    # call must still get its own bytes.
+    inner_blobs: list[bytes] = []
+    inner = {"inner": "x" * 100, "n": list(range(50))}
+
+    class Encoding(tzinfo):
+        def utcoffset(self, dt: datetime | None) -> timedelta:
+            inner_blobs.append(codec.dumps(inner))
+            return timedelta(hours=2)
+
+        def dst(self, dt: datetime | None) -> timedelta:
+            return timedelta(0)
+
+        def tzname(self, dt: datetime | None) -> str:
+            return "encoding"
+
+    value = {"before": "b" * 300, "when": datetime(2024, 5, 6, 7, 8, 9, tzinfo=Encoding()), "after": [1, 2]}
+    blob = codec.dumps(value)
+    expected = {**value, "when": datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone(timedelta(hours=2)))}
+    assert codec.loads(blob) == expected
+    assert inner_blobs and all(codec.loads(b) == inner for b in inner_blobs)
+    # A big value, then small ones: each output is exactly its own encoding.
+    big = codec.dumps("y" * 200_000)
+    assert len(big) == 200_005 and codec.loads(big) == "y" * 200_000
+    assert codec.dumps(1) == b"\x01"
+
+
+def test_the_name_appears_as_given_in_errors_and_must_be_a_str() -> None:
+    with pytest.raises(TypeError, match=r"^session attribute 'panier €': .* at panier €\[0\]"):
+        codec.dumps([object()], "panier €")
+    with pytest.raises(TypeError, match=r"^session attribute 'cart': "):
+        codec.dumps(object(), name="cart")
+    with pytest.raises(TypeError):
+        codec.dumps(1, 5)  # type: ignore[arg-type]

@@ -721,8 +721,8 @@ struct Encrypt {
     nonces: Mutex<NonceSequence>,
     window_ms: u64,
     cache: usize,
-    /// One replay window per sender epoch; dropped once the sender has been silent for longer
-    /// than the timestamp window (every message it sent is then refused by its timestamp).
+    /// One replay window per sender epoch; dropped (when there are many) once the sender has been
+    /// silent for two timestamp windows (every message it sent is then refused by its timestamp).
     guards: Mutex<GuardMap>,
     stats: Arc<Stats>,
 }
@@ -812,7 +812,10 @@ impl Interceptor for Encrypt {
         let checked = check_window(timestamp_ms, now, window).and_then(|()| {
             let mut guards = self.guards.lock();
             if guards.len() >= MAX_GUARDS && !guards.contains_key(&key) {
-                guards.retain(|_, (_, seen)| now.saturating_sub(*seen) <= window);
+                // A sender's clock may run up to a window ahead of ours, so its messages can pass
+                // the timestamp check for up to two windows after we last heard from it.
+                let keep = window.saturating_mul(2);
+                guards.retain(|_, (_, seen)| now.saturating_sub(*seen) <= keep);
             }
             let (guard, seen) = guards
                 .entry(key)

@@ -88,25 +88,28 @@ enum Kind {
     Py(PyErr),
 }
 
-/// An encoding failure and the path to it (pushed while unwinding, so outermost last).
-struct Failure {
+/// An encoding failure and the path to it (pushed while unwinding, so outermost last). Boxed,
+/// so that the `Ok` of every `Result<(), Failure>` the encoder returns fits in a register.
+struct Failure(Box<FailureAt>);
+
+struct FailureAt {
     kind: Kind,
     path: Vec<Seg>,
 }
 
 impl Failure {
     fn at(mut self, seg: Seg) -> Failure {
-        self.path.push(seg);
+        self.0.path.push(seg);
         self
     }
 }
 
 impl From<Kind> for Failure {
     fn from(kind: Kind) -> Self {
-        Failure {
+        Failure(Box::new(FailureAt {
             kind,
             path: Vec::new(),
-        }
+        }))
     }
 }
 
@@ -180,10 +183,12 @@ fn subclass_hint(py: Python<'_>, obj: &Bound<'_, PyAny>) -> Option<String> {
 }
 
 impl Failure {
-    fn into_pyerr(mut self, py: Python<'_>, name: &str) -> PyErr {
-        self.path.reverse();
-        let mut at = name.to_owned();
-        for seg in &self.path {
+    fn into_pyerr(self, py: Python<'_>, name: &Bound<'_, PyString>) -> PyErr {
+        let FailureAt { kind, mut path } = *self.0;
+        let name = name.to_string_lossy();
+        path.reverse();
+        let mut at = name.to_string();
+        for seg in &path {
             match seg {
                 Seg::Index(i) => at.push_str(&format!("[{i}]")),
                 Seg::Key(k) => at.push_str(&format!("[{}]", short_repr(k.bind(py)))),
@@ -191,13 +196,13 @@ impl Failure {
                 Seg::DictKey => at.push_str(" (a dict key)"),
             }
         }
-        let at = if self.path.is_empty() {
+        let at = if path.is_empty() {
             String::new()
         } else {
             format!(" at {at}")
         };
         let prefix = format!("session attribute '{name}'");
-        match self.kind {
+        match kind {
             Kind::Unsupported(obj) => {
                 let obj = obj.bind(py);
                 let tname = obj
@@ -494,33 +499,55 @@ impl<'py> Encoder<'py> {
     }
 }
 
+thread_local! {
+    /// The encoder's output buffer, kept from one call to the next on each thread (a malloc and
+    /// a free per call otherwise); an encode nested in another (a tzinfo's `utcoffset()` that
+    /// encodes) finds it taken and makes its own.
+    static OUT: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Largest buffer kept in [`OUT`] between calls.
+const OUT_KEEP: usize = 64 * 1024;
+
+/// What `encode_value` and `dumps` do. `name` is only read to build an error message.
 fn encode<'py>(
     py: Python<'py>,
     obj: &Bound<'py, PyAny>,
-    name: &str,
+    name: Option<&Bound<'py, PyString>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    let mut out = OUT.with(std::cell::Cell::take);
+    out.clear();
     let mut enc = Encoder {
         py,
         t: types(py)?,
-        out: Vec::with_capacity(256),
+        out,
         spans: Vec::new(),
         scratch: Vec::new(),
     };
-    match enc.value(obj, 0) {
+    let result = match enc.value(obj, 0) {
         Ok(()) => Ok(PyBytes::new(py, &enc.out)),
-        Err(f) => Err(f.into_pyerr(py, name)),
+        Err(f) => Err(match name {
+            Some(name) => f.into_pyerr(py, name),
+            None => f.into_pyerr(py, intern!(py, "value")),
+        }),
+    };
+    if enc.out.capacity() <= OUT_KEEP {
+        OUT.with(|cell| cell.set(enc.out));
     }
+    result
 }
 
 /// Encodes a session attribute value with the safe codec. `name` (the attribute's name) only
 /// appears in error messages: `TypeError` for an unsupported type, `ValueError` for nesting
 /// deeper than 64 containers (or a container holding itself) and for strs with lone surrogates.
+//
+// `name` is taken as a str object, made into Rust text only for an error message.
 #[pyfunction]
-#[pyo3(signature = (obj, name = "value"))]
+#[pyo3(signature = (obj, name = None), text_signature = "(obj, name='value')")]
 pub fn encode_value<'py>(
     py: Python<'py>,
     obj: &Bound<'py, PyAny>,
-    name: &str,
+    name: Option<&Bound<'py, PyString>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     encode(py, obj, name)
 }
@@ -535,11 +562,11 @@ pub fn encode_value<'py>(
 // `tribes.codec.dumps` itself (not a Python wrapper around `encode_value`: a Python frame costs
 // as much as encoding a short str).
 #[pyfunction]
-#[pyo3(signature = (value, name = "value"))]
+#[pyo3(signature = (value, name = None), text_signature = "(value, name='value')")]
 pub fn dumps<'py>(
     py: Python<'py>,
     value: &Bound<'py, PyAny>,
-    name: &str,
+    name: Option<&Bound<'py, PyString>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     encode(py, value, name)
 }
@@ -548,14 +575,15 @@ pub fn dumps<'py>(
 // Decoding
 // ------------------------------------------------------------------------------------------------
 
-/// A decoding failure, always a `tribes.errors.ProtocolError`.
-struct DecodeError(PyErr);
+/// A decoding failure, always a `tribes.errors.ProtocolError`. Boxed, so that every
+/// `Result<Bound, DecodeError>` the builder returns fits in two registers.
+struct DecodeError(Box<PyErr>);
 
 impl From<CodecError> for DecodeError {
     fn from(e: CodecError) -> Self {
-        DecodeError(ProtocolError::new_err(format!(
+        DecodeError(Box::new(ProtocolError::new_err(format!(
             "cannot decode a session value: {e}"
-        )))
+        ))))
     }
 }
 
@@ -615,7 +643,7 @@ impl<'py> PyBuilder<'py> {
     fn fail(&self, what: &str, e: PyErr) -> DecodeError {
         let err = ProtocolError::new_err(format!("cannot decode a session value: {what}: {e}"));
         err.set_cause(self.py, Some(e));
-        DecodeError(err)
+        DecodeError(Box::new(err))
     }
 
     /// A str from UTF-8 bytes, which Python checks (an error is a protocol error).
@@ -855,7 +883,7 @@ fn decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         t: types(py)?,
         keys: KeyCache::Untried,
     };
-    c::decode_with(data, &mut b).map_err(|DecodeError(e)| e)
+    c::decode_with(data, &mut b).map_err(|DecodeError(e)| *e)
 }
 
 /// Decodes bytes made by `encode_value` (or any msgpack encoder) into a Python value;

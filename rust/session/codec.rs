@@ -1031,10 +1031,40 @@ impl<'a> Reader<'a> {
     }
 
     fn str(&mut self, offset: usize, n: usize) -> Result<Token<'a>, CodecError> {
-        Ok(Token::Str(RawStr {
+        Ok(Token::Str(self.raw_str(offset, n)?))
+    }
+
+    fn raw_str(&mut self, offset: usize, n: usize) -> Result<RawStr<'a>, CodecError> {
+        Ok(RawStr {
             bytes: self.take(n)?,
             offset,
-        }))
+        })
+    }
+
+    /// Reads the next item if it is a str; otherwise reads nothing and gives None. (Cheaper than
+    /// a token read and undone, for map keys, which are mostly strs.)
+    pub fn next_str(&mut self) -> Result<Option<RawStr<'a>>, CodecError> {
+        let start = self.offset();
+        let n = match self.buf.get(self.pos) {
+            Some(&b @ 0xa0..=0xbf) => {
+                self.pos += 1;
+                usize::from(b & 0x1f)
+            }
+            Some(0xd9) => {
+                self.pos += 1;
+                self.len8()?
+            }
+            Some(0xda) => {
+                self.pos += 1;
+                self.len16()?
+            }
+            Some(0xdb) => {
+                self.pos += 1;
+                self.len32()?
+            }
+            _ => return Ok(None),
+        };
+        self.raw_str(start, n).map(Some)
     }
 
     fn ext(&mut self, n: usize) -> Result<Token<'a>, CodecError> {
@@ -1260,12 +1290,10 @@ fn read_value<B: Build>(r: &mut Reader<'_>, b: &mut B, depth: usize) -> Result<B
 
 /// Reads a map key: strs go to [`Build::key_str`], anything else to [`read_value`].
 fn read_key<B: Build>(r: &mut Reader<'_>, b: &mut B, depth: usize) -> Result<B::Out, B::Error> {
-    let before = r.clone();
-    if let Token::Str(s) = r.next_token()? {
-        return b.key_str(s);
+    match r.next_str()? {
+        Some(s) => b.key_str(s),
+        None => read_value(r, b, depth),
     }
-    *r = before;
-    read_value(r, b, depth)
 }
 
 fn read_ext<B: Build>(
@@ -1451,6 +1479,38 @@ mod tests {
         let mut out = Vec::new();
         encode(v, &mut out).expect("encodable");
         out
+    }
+
+    #[test]
+    fn next_str_reads_strs_of_every_width_and_leaves_anything_else() {
+        for (bytes, text) in [
+            (&b"\xa3abc"[..], &b"abc"[..]),
+            (b"\xa0", b""),
+            (b"\xd9\x02hi", b"hi"),
+            (b"\xda\x00\x02hi", b"hi"),
+            (b"\xdb\x00\x00\x00\x02hi", b"hi"),
+        ] {
+            let mut r = Reader::new(bytes);
+            let s = r.next_str().expect("a str").expect("read as a str");
+            assert_eq!((s.as_bytes(), s.offset(), r.remaining()), (text, 0, 0));
+        }
+        for bytes in [&b"\x01"[..], b"\x90", b"\x80", b"\xc4\x01a", b"\xc0", b""] {
+            let mut r = Reader::new(bytes);
+            assert_eq!(r.next_str(), Ok(None));
+            assert_eq!(r.remaining(), bytes.len(), "nothing read from {bytes:02x?}");
+        }
+        for bytes in [
+            &b"\xa3ab"[..],
+            b"\xd9",
+            b"\xda\x00",
+            b"\xdb\x00\x00\x00\x05abcd",
+        ] {
+            let err = Reader::new(bytes).next_str();
+            assert!(
+                matches!(err, Err(CodecError::Truncated { .. })),
+                "{bytes:02x?}: {err:?}"
+            );
+        }
     }
 
     /// Structural equality with floats compared bit for bit (NaN == NaN, 0.0 != -0.0).
