@@ -15,6 +15,7 @@ use crate::completions::Completions;
 use crate::session::manager::{AttrWrite, SessionEvent, SessionView};
 use crate::session::message::Action;
 use crate::session::Manager;
+use crate::transport::sender::without_ack_spin;
 
 /// One session manager of a running channel.
 #[pyclass(module = "tribes._core", frozen)]
@@ -164,7 +165,7 @@ impl CoreManager {
         let done = self.background()?.clone();
         let inner = self.inner.clone();
         self.inner.spawn_blocking(move || {
-            let outcome = inner.commit(&id, writes, meta);
+            let outcome = without_ack_spin(|| inner.commit(&id, writes, meta));
             done.push(token, outcome);
         });
         Ok(())

@@ -51,6 +51,25 @@ fn spin_before_sleep() -> Duration {
     })
 }
 
+thread_local! {
+    /// False while this thread runs [`without_ack_spin`].
+    static ACK_SPIN: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Runs `work` with this thread's ack waits sleeping at once instead of polling first: for
+/// threads whose wait is not on anyone's critical path (background commits, whose waiter wakes
+/// an event loop anyway), so that the CPU goes to the members producing the acks.
+pub fn without_ack_spin<T>(work: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACK_SPIN.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(ACK_SPIN.with(|s| s.replace(false)));
+    work()
+}
+
 /// Completion state of one multi-target send.
 #[derive(Debug)]
 pub struct SendTracker {
@@ -103,7 +122,12 @@ impl SendTracker {
     pub fn wait(&self, deadline: Instant) -> Vec<Faulty> {
         // Loopback acks often come back within tens of microseconds: poll briefly (yielding the
         // CPU) before sleeping, which saves a futex wake-up on the latency-critical path.
-        let spin_until = Instant::now() + spin_before_sleep();
+        let spin = if ACK_SPIN.with(|s| s.get()) {
+            spin_before_sleep()
+        } else {
+            Duration::ZERO
+        };
+        let spin_until = Instant::now() + spin;
         while self.state.lock().remaining > 0 && Instant::now() < spin_until {
             std::thread::yield_now();
         }
@@ -708,5 +732,24 @@ impl SenderPool {
                 cause.to_string(),
             ))
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_ack_spin_is_scoped_and_nests() {
+        let spins = || ACK_SPIN.with(|s| s.get());
+        assert!(spins());
+        without_ack_spin(|| {
+            assert!(!spins());
+            without_ack_spin(|| assert!(!spins()));
+            assert!(!spins());
+        });
+        assert!(spins());
+        let _ = std::panic::catch_unwind(|| without_ack_spin(|| panic!("in the work")));
+        assert!(spins(), "restored after a panic too");
     }
 }
