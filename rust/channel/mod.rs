@@ -488,13 +488,7 @@ impl Link {
         member: &Arc<Member>,
         options: u32,
     ) -> Result<()> {
-        let faulty = self.send_to(
-            &self.shared,
-            &self.handle,
-            data,
-            std::slice::from_ref(member),
-            options,
-        )?;
+        let faulty = self.send_to(data, std::slice::from_ref(member), options)?;
         if faulty.is_empty() {
             return Ok(());
         }
@@ -507,8 +501,55 @@ impl Link {
 
     /// Sends `data` to `to` (None = every member in the view); see [`Channel::send`].
     pub(crate) fn send(&self, data: &[u8], to: Option<&[MemberKey]>, options: u32) -> Result<()> {
-        let (shared, handle) = (&self.shared, &self.handle);
-        let view = shared.view.read().clone();
+        let (targets, absent) = self.resolve(to);
+        let total = targets.len() + absent.len();
+        let faulty = if targets.is_empty() {
+            Vec::new()
+        } else {
+            self.send_to(data, &targets, options)?
+        };
+        outcome(&self.shared, absent, faulty, total)
+    }
+
+    /// Like [`Link::send`] without blocking: returns once the message is on its way; `done` gets
+    /// what `send` would have returned, on whichever thread completes the send (an ack reader,
+    /// the pool's deadline check, or this one). `done` must not block.
+    pub(crate) fn send_then(
+        &self,
+        data: &[u8],
+        to: Option<&[MemberKey]>,
+        options: u32,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        let shared = &self.shared;
+        let (targets, absent) = self.resolve(to);
+        let total = targets.len() + absent.len();
+        if targets.is_empty() {
+            done(outcome(shared, absent, Vec::new(), total));
+            return;
+        }
+        let prepared = match self.prepare(data, &targets, options) {
+            Ok(p) => p,
+            Err(e) => return done(Err(e)),
+        };
+        if prepared.mode == SendMode::Async {
+            self.enqueue(&prepared, &targets, None);
+            done(outcome(shared, absent, Vec::new(), total));
+            return;
+        }
+        let for_outcome = shared.clone();
+        let tracker = SendTracker::with_callback(
+            &targets,
+            Box::new(move |faulty| done(outcome(&for_outcome, absent, faulty, total))),
+        );
+        let deadline = Instant::now() + Duration::from_millis(shared.cfg.sender.timeout_ms);
+        shared.pool.expire_at(&tracker, deadline);
+        self.enqueue(&prepared, &targets, Some(&tracker));
+    }
+
+    /// The members of the view among `to` (None = all), and faults for the others.
+    fn resolve(&self, to: Option<&[MemberKey]>) -> (Vec<Arc<Member>>, Vec<Faulty>) {
+        let view = self.shared.view.read().clone();
         // Destinations that are not (or no longer) members are reported, never sent to; the
         // others still get the message.
         let mut absent: Vec<Faulty> = Vec::new();
@@ -529,46 +570,25 @@ impl Link {
                 t
             }
         };
-        let total = targets.len() + absent.len();
-        let faulty = if targets.is_empty() {
-            Vec::new()
-        } else {
-            self.send_to(shared, handle, data, &targets, options)?
-        };
-        if faulty.is_empty() && absent.is_empty() {
-            return Ok(());
-        }
-        stats::add(&shared.stats.send_failures, faulty.len() as u64);
-        // Tell the failure detector about real send errors (not NACKs).
-        for f in faulty.iter().filter(|f| !f.remote_failure) {
-            let _ = shared.pool.notify_lost(&f.member, &f.cause);
-        }
-        let faulty: Vec<Faulty> = absent.into_iter().chain(faulty).collect();
-        let names: Vec<String> = faulty
-            .iter()
-            .map(|f| format!("{} ({})", f.member, f.cause))
-            .collect();
-        Err(Error::Channel {
-            message: format!(
-                "send failed for {} of {} member(s). Faulty members: {}",
-                faulty.len(),
-                total,
-                names.join(", ")
-            ),
-            faulty,
-        })
+        (targets, absent)
     }
 
     /// Sends to members of the view; returns the ones that failed.
-    fn send_to(
-        &self,
-        shared: &Arc<Shared>,
-        handle: &tokio::runtime::Handle,
-        data: &[u8],
-        targets: &[Arc<Member>],
-        options: u32,
-    ) -> Result<Vec<Faulty>> {
-        let _enter = handle.enter();
+    fn send_to(&self, data: &[u8], targets: &[Arc<Member>], options: u32) -> Result<Vec<Faulty>> {
+        let prepared = self.prepare(data, targets, options)?;
+        let tracker = (prepared.mode != SendMode::Async).then(|| SendTracker::new(targets));
+        self.enqueue(&prepared, targets, tracker.as_ref());
+        let Some(tracker) = tracker else {
+            return Ok(Vec::new());
+        };
+        let deadline = Instant::now() + Duration::from_millis(self.shared.cfg.sender.timeout_ms);
+        Ok(tracker.wait(deadline))
+    }
+
+    /// Runs the interceptors and frames the message (the part of a send that can fail).
+    fn prepare(&self, data: &[u8], targets: &[Arc<Member>], options: u32) -> Result<Prepared> {
+        let _enter = self.handle.enter();
+        let shared = &self.shared;
         let mut options = options | BYTE_MESSAGE;
         if options & SYNCHRONIZED_ACK != 0 {
             options |= USE_ACK;
@@ -582,19 +602,6 @@ impl Link {
         };
         let unique_id: [u8; 16] = rand::random();
         let timestamp = now_ms();
-        let tracker = (mode != SendMode::Async).then(|| SendTracker::new(targets));
-        // With interceptors, one message may become several (fragments, per-target counters);
-        // the tracker then counts a target done when its last frame completes.
-        let msgs = if shared.stack.is_transparent() {
-            None
-        } else {
-            Some(shared.stack.outbound(OutMessage {
-                options,
-                unique_id,
-                payload: data.to_vec(),
-                targets: targets.to_vec(),
-            })?)
-        };
         let encode = |opts: u32, payload: &[u8]| {
             let mut frame = Vec::with_capacity(payload.len() + shared.local_address.len() + 64);
             encode_framed_channel_data(
@@ -607,15 +614,21 @@ impl Link {
             );
             Bytes::from(frame)
         };
-        match msgs {
-            None => {
-                let frame = encode(options, data);
-                shared.pool.enqueue(targets, &frame, mode, tracker.as_ref());
-            }
-            Some(msgs) => {
-                let last = msgs.len().saturating_sub(1);
-                for (i, m) in msgs.iter().enumerate() {
-                    let frame = encode(m.options, &m.payload);
+        // With interceptors, one message may become several (fragments, per-target counters);
+        // the tracker then counts a target done when its last frame completes.
+        let frames = if shared.stack.is_transparent() {
+            vec![(encode(options, data), None, true)]
+        } else {
+            let msgs = shared.stack.outbound(OutMessage {
+                options,
+                unique_id,
+                payload: data.to_vec(),
+                targets: targets.to_vec(),
+            })?;
+            let last = msgs.len().saturating_sub(1);
+            msgs.iter()
+                .enumerate()
+                .map(|(i, m)| {
                     // Only each target's final frame reports to the tracker.
                     let is_last_for_targets = i == last
                         || !msgs[i + 1..].iter().any(|later| {
@@ -624,28 +637,75 @@ impl Link {
                                 .iter()
                                 .any(|t| m.targets.iter().any(|x| x.same_as(t)))
                         });
-                    let t = if is_last_for_targets {
-                        tracker.as_ref()
-                    } else {
-                        None
-                    };
-                    let frame_mode = if t.is_some() {
-                        mode
-                    } else if mode == SendMode::Async {
-                        SendMode::Async
-                    } else {
-                        SendMode::Written
-                    };
-                    shared.pool.enqueue(&m.targets, &frame, frame_mode, t);
-                }
-            }
-        }
-        let Some(tracker) = tracker else {
-            return Ok(Vec::new());
+                    (
+                        encode(m.options, &m.payload),
+                        Some(m.targets.clone()),
+                        is_last_for_targets,
+                    )
+                })
+                .collect()
         };
-        let deadline = Instant::now() + Duration::from_millis(shared.cfg.sender.timeout_ms);
-        Ok(tracker.wait(deadline))
+        Ok(Prepared { mode, frames })
     }
+
+    /// Hands prepared frames to the connections (never fails: failures reach the tracker).
+    fn enqueue(
+        &self,
+        prepared: &Prepared,
+        targets: &[Arc<Member>],
+        tracker: Option<&Arc<SendTracker>>,
+    ) {
+        let _enter = self.handle.enter();
+        let mode = prepared.mode;
+        for (frame, frame_targets, reports) in &prepared.frames {
+            let t = if *reports { tracker } else { None };
+            let frame_mode = if t.is_some() {
+                mode
+            } else if mode == SendMode::Async {
+                SendMode::Async
+            } else {
+                SendMode::Written
+            };
+            let to = frame_targets.as_deref().unwrap_or(targets);
+            self.shared.pool.enqueue(to, frame, frame_mode, t);
+        }
+    }
+}
+
+/// A message framed for sending: its mode and its frames.
+struct Prepared {
+    mode: SendMode,
+    frames: Vec<PreparedFrame>,
+}
+
+/// One frame: its bytes, its own targets when the interceptors gave it some, and whether it
+/// reports to the tracker (each target's last frame does).
+type PreparedFrame = (Bytes, Option<Vec<Arc<Member>>>, bool);
+
+/// What a send returns, from the members that were absent and those that failed.
+fn outcome(shared: &Shared, absent: Vec<Faulty>, faulty: Vec<Faulty>, total: usize) -> Result<()> {
+    if faulty.is_empty() && absent.is_empty() {
+        return Ok(());
+    }
+    stats::add(&shared.stats.send_failures, faulty.len() as u64);
+    // Tell the failure detector about real send errors (not NACKs).
+    for f in faulty.iter().filter(|f| !f.remote_failure) {
+        let _ = shared.pool.notify_lost(&f.member, &f.cause);
+    }
+    let faulty: Vec<Faulty> = absent.into_iter().chain(faulty).collect();
+    let names: Vec<String> = faulty
+        .iter()
+        .map(|f| format!("{} ({})", f.member, f.cause))
+        .collect();
+    Err(Error::Channel {
+        message: format!(
+            "send failed for {} of {} member(s). Faulty members: {}",
+            faulty.len(),
+            total,
+            names.join(", ")
+        ),
+        faulty,
+    })
 }
 
 impl Drop for Channel {

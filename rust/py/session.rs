@@ -15,7 +15,6 @@ use crate::completions::Completions;
 use crate::session::manager::{AttrWrite, SessionEvent, SessionView};
 use crate::session::message::Action;
 use crate::session::Manager;
-use crate::transport::sender::without_ack_spin;
 
 /// One session manager of a running channel.
 #[pyclass(module = "tribes._core", frozen)]
@@ -151,11 +150,12 @@ impl CoreManager {
             .map_err(|e| to_pyerr(py, e))
     }
 
-    /// Like `commit`, on a background thread: returns at once; the outcome (True/False, or the
-    /// exception `commit` would raise) is collected under `token` by `take_completed` once
-    /// `completion_fd()` is readable.
+    /// Like `commit` without waiting: returns once the change is on its way; the outcome
+    /// (True/False, or the exception `commit` would raise) is collected under `token` by
+    /// `take_completed` once `completion_fd()` is readable.
     fn commit_background(
         &self,
+        py: Python<'_>,
         token: u64,
         id: String,
         writes: Vec<(String, Option<PyBackedBytes>, bool)>,
@@ -163,10 +163,10 @@ impl CoreManager {
     ) -> PyResult<()> {
         let (writes, meta) = commit_args(writes, meta)?;
         let done = self.background()?.clone();
-        let inner = self.inner.clone();
-        self.inner.spawn_blocking(move || {
-            let outcome = without_ack_spin(|| inner.commit(&id, writes, meta));
-            done.push(token, outcome);
+        // Writes to idle connections happen on this thread: without the GIL.
+        py.detach(|| {
+            self.inner
+                .commit_then(&id, writes, meta, move |outcome| done.push(token, outcome));
         });
         Ok(())
     }

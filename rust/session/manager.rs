@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::member::{Member, MemberKey};
 use crate::transport::probe::now_ms;
+use crate::transport::sender::without_ack_spin;
 use crate::wire::options::{ASYNCHRONOUS, SYNCHRONIZED_ACK, USE_ACK};
 
 const NO_MEMBER: MemberId = [0; 16];
@@ -208,6 +209,18 @@ pub struct SessionEvent {
     pub old: Option<Bytes>,
     /// New value (added, replaced).
     pub new: Option<Bytes>,
+}
+
+/// What a commit sends once its local part is done.
+enum CommitSend {
+    /// Nothing (the flag: whether the session still exists).
+    Done(bool),
+    /// An "accessed" message (sent asynchronously).
+    Accessed(Box<Body>, Option<Vec<MemberKey>>),
+    /// The whole session, to a new backup (BackupManager, its backup left).
+    Publish,
+    /// The delta, to these members (None: all).
+    Delta(Vec<u8>, Option<Vec<MemberKey>>),
 }
 
 /// One manager of one running channel.
@@ -560,7 +573,6 @@ impl Manager {
     /// Ends the request on a session: sends what changed (one delta), or an accessed message when
     /// Tomcat's rule says so. Returns false when the session no longer exists here.
     pub fn commit(&self, id: &str, writes: Vec<AttrWrite>, meta: Vec<Action>) -> Result<bool> {
-        let now = now_ms();
         if self.settings.kind == Kind::Backup {
             let role = self.table.lock().get(id).map(|e| e.role);
             match role {
@@ -569,10 +581,89 @@ impl Manager {
                 Some(_) => self.make_primary(id)?,
             }
         }
+        match self.commit_local(id, writes, meta) {
+            CommitSend::Done(alive) => Ok(alive),
+            CommitSend::Accessed(body, targets) => {
+                // Access refreshes matter for expiry only; they never hold up the request.
+                self.send_logged(&body, targets.as_deref(), ASYNCHRONOUS);
+                Ok(true)
+            }
+            CommitSend::Publish => {
+                self.publish(id, &[]);
+                Ok(true)
+            }
+            CommitSend::Delta(payload, targets) => {
+                self.send_payload(&payload, targets.as_deref(), self.mode())?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// [`Manager::commit`] without blocking the caller: returns once the delta is on its way, and
+    /// `done` gets the outcome when the acknowledgements are in, on the thread that completes it
+    /// (it must not block). The rare commits that need a blocking exchange first (a BackupManager
+    /// member taking a session over, or finding it a new backup) run on the runtime's blocking
+    /// pool instead.
+    pub fn commit_then(
+        self: &Arc<Self>,
+        id: &str,
+        writes: Vec<AttrWrite>,
+        meta: Vec<Action>,
+        done: impl FnOnce(Result<bool>) + Send + 'static,
+    ) {
+        if self.settings.kind == Kind::Backup {
+            let role = self.table.lock().get(id).map(|e| e.role);
+            match role {
+                None => return done(Ok(false)),
+                Some(Role::Primary) => {}
+                Some(_) => {
+                    let (me, id) = (self.clone(), id.to_owned());
+                    return self.spawn_blocking(move || {
+                        done(without_ack_spin(|| me.commit(&id, writes, meta)));
+                    });
+                }
+            }
+        }
+        match self.commit_local(id, writes, meta) {
+            CommitSend::Done(alive) => done(Ok(alive)),
+            CommitSend::Accessed(body, targets) => {
+                self.send_logged(&body, targets.as_deref(), ASYNCHRONOUS);
+                done(Ok(true));
+            }
+            CommitSend::Publish => {
+                let (me, id) = (self.clone(), id.to_owned());
+                self.spawn_blocking(move || {
+                    without_ack_spin(|| me.publish(&id, &[]));
+                    done(Ok(true));
+                });
+            }
+            CommitSend::Delta(payload, targets) => {
+                let nobody = match &targets {
+                    Some(t) => t.is_empty(),
+                    None => self.members().is_empty(),
+                };
+                if nobody {
+                    return done(Ok(true));
+                }
+                let me = self.clone();
+                self.link
+                    .send_then(&payload, targets.as_deref(), self.mode(), move |r| {
+                        if r.is_err() {
+                            crate::stats::inc(&me.stats.send_failures);
+                        }
+                        done(r.map(|()| true));
+                    });
+            }
+        }
+    }
+
+    /// The part of a commit on this member's table: applies the change and says what to send.
+    fn commit_local(&self, id: &str, writes: Vec<AttrWrite>, meta: Vec<Action>) -> CommitSend {
+        let now = now_ms();
         let (payload, targets) = {
             let mut t = self.table.lock();
             let Some(e) = t.get_mut(id) else {
-                return Ok(false);
+                return CommitSend::Done(false);
             };
             let mut actions: Vec<Action> = Vec::with_capacity(writes.len() + meta.len());
             for w in writes {
@@ -591,7 +682,7 @@ impl Manager {
                 let refresh = i64::from(e.max_inactive.value) * 1000;
                 let due = refresh >= 0 && now - e.last_replicated_ms > refresh;
                 if was_primary && !due {
-                    return Ok(true);
+                    return CommitSend::Done(true);
                 }
                 e.last_replicated_ms = now;
                 crate::stats::inc(&self.stats.accessed_sent);
@@ -599,11 +690,7 @@ impl Manager {
                     id: id.to_owned(),
                     last_accessed_ms: e.last_accessed_ms,
                 };
-                let targets = self.change_targets(e);
-                drop(t);
-                // Access refreshes matter for expiry only; they never hold up the request.
-                self.send_logged(&body, targets.as_deref(), ASYNCHRONOUS);
-                return Ok(true);
+                return CommitSend::Accessed(Box::new(body), self.change_targets(e));
             }
             let stamp = Stamp::new(e.version + 1, self.writer);
             let delta = Delta {
@@ -633,12 +720,10 @@ impl Manager {
             // Its backup left and has not been replaced yet: a new backup gets the whole session
             // (this change included) before the commit returns.
             crate::stats::inc(&self.stats.sessions_rebacked);
-            self.publish(id, &[]);
-            return Ok(true);
+            return CommitSend::Publish;
         }
         crate::stats::inc(&self.stats.deltas_sent);
-        self.send_payload(&payload, targets.as_deref(), self.mode())?;
-        Ok(true)
+        CommitSend::Delta(payload, targets)
     }
 
     /// Who hears about a session's changes: everyone (delta) or its backup (backup).

@@ -70,11 +70,25 @@ pub fn without_ack_spin<T>(work: impl FnOnce() -> T) -> T {
     work()
 }
 
+/// What a tracker made with [`SendTracker::with_callback`] calls once every target completed
+/// (or the deadline passed), with the faulty members.
+pub type SendCallback = Box<dyn FnOnce(Vec<Faulty>) + Send>;
+
 /// Completion state of one multi-target send.
-#[derive(Debug)]
 pub struct SendTracker {
     state: Mutex<TrackerState>,
     done: Condvar,
+    /// Called (once, outside the lock) when the send completes; None for trackers that are
+    /// waited on.
+    callback: Mutex<Option<SendCallback>>,
+}
+
+impl std::fmt::Debug for SendTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendTracker")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -94,7 +108,55 @@ impl SendTracker {
                 pending: targets.to_vec(),
             }),
             done: Condvar::new(),
+            callback: Mutex::new(None),
         })
+    }
+
+    /// A tracker that nobody waits on: `callback` runs when every target completed, on the thread
+    /// that completed the last one (an ack reader, a failing connection, or the pool's deadline
+    /// check, see [`SenderPool::expire_at`]). It must not block.
+    pub fn with_callback(targets: &[Arc<Member>], callback: SendCallback) -> Arc<Self> {
+        let t = SendTracker::new(targets);
+        *t.callback.lock() = Some(callback);
+        t
+    }
+
+    /// Ends the send now: the targets still pending are faulty with a timeout cause.
+    fn expire(&self) {
+        let faulty = {
+            let mut st = self.state.lock();
+            if st.remaining == 0 {
+                return;
+            }
+            Self::close(&mut st)
+        };
+        self.done.notify_all();
+        self.run_callback(faulty);
+    }
+
+    /// Marks a tracker complete and returns every faulty member (pending ones timed out).
+    fn close(st: &mut TrackerState) -> Vec<Faulty> {
+        let timed_out: Vec<Arc<Member>> = std::mem::take(&mut st.pending);
+        st.remaining = 0;
+        let mut faulty = std::mem::take(&mut st.faulty);
+        faulty.extend(timed_out.into_iter().map(|member| Faulty {
+            member,
+            cause: "timed out waiting for the member".into(),
+            remote_failure: false,
+        }));
+        faulty
+    }
+
+    fn run_callback(&self, faulty: Vec<Faulty>) {
+        let callback = self.callback.lock().take();
+        if let Some(cb) = callback {
+            cb(faulty);
+        }
+    }
+
+    /// True when every target completed.
+    pub fn is_complete(&self) -> bool {
+        self.state.lock().remaining == 0
     }
 
     fn finish(&self, member: &Arc<Member>, failure: Option<(String, bool)>) {
@@ -114,6 +176,11 @@ impl SendTracker {
         }
         if st.remaining == 0 {
             self.done.notify_all();
+            if self.callback.lock().is_some() {
+                let faulty = Self::close(&mut st);
+                drop(st);
+                self.run_callback(faulty);
+            }
         }
     }
 
@@ -137,15 +204,7 @@ impl SendTracker {
                 break;
             }
         }
-        let timed_out: Vec<Arc<Member>> = std::mem::take(&mut st.pending);
-        st.remaining = 0;
-        let mut faulty = std::mem::take(&mut st.faulty);
-        faulty.extend(timed_out.into_iter().map(|member| Faulty {
-            member,
-            cause: "timed out waiting for the member".into(),
-            remote_failure: false,
-        }));
-        faulty
+        Self::close(&mut st)
     }
 }
 
@@ -210,6 +269,10 @@ pub struct PoolSettings {
     pub local_address: Arc<[u8]>,
 }
 
+/// How often trackers with callbacks are checked against their deadlines (so a send times out up
+/// to this much late).
+const DEADLINE_TICK: Duration = Duration::from_millis(50);
+
 /// An idle connection gets a ping this often, so that receivers' idle timeouts (60 s by default)
 /// only close connections that are really dead.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
@@ -217,6 +280,9 @@ const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// All connections of a channel.
 pub struct SenderPool {
     conns: RwLock<HashMap<MemberKey, Arc<Connection>>>,
+    /// Trackers with callbacks and their deadlines, checked by a task every [`DEADLINE_TICK`].
+    deadlines: Mutex<Vec<(Instant, std::sync::Weak<SendTracker>)>>,
+    deadline_task: std::sync::atomic::AtomicBool,
     settings: PoolSettings,
     runtime: tokio::runtime::Handle,
     notices: mpsc::UnboundedSender<PoolNotice>,
@@ -235,12 +301,54 @@ impl SenderPool {
     ) -> Arc<Self> {
         Arc::new(SenderPool {
             conns: RwLock::new(HashMap::new()),
+            deadlines: Mutex::new(Vec::new()),
+            deadline_task: std::sync::atomic::AtomicBool::new(false),
             settings,
             runtime,
             notices,
             events,
             stats,
         })
+    }
+
+    /// Times `tracker` out at `deadline` unless it completed (for trackers nobody waits on).
+    pub fn expire_at(self: &Arc<Self>, tracker: &Arc<SendTracker>, deadline: Instant) {
+        self.deadlines
+            .lock()
+            .push((deadline, Arc::downgrade(tracker)));
+        if !self.deadline_task.swap(true, Ordering::SeqCst) {
+            let pool = Arc::downgrade(self);
+            self.runtime.spawn(async move {
+                let mut tick = tokio::time::interval(DEADLINE_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    pool.expire_overdue(Instant::now());
+                }
+            });
+        }
+    }
+
+    /// Expires the trackers whose deadline passed; forgets the completed ones.
+    fn expire_overdue(&self, now: Instant) {
+        let overdue: Vec<Arc<SendTracker>> = {
+            let mut d = self.deadlines.lock();
+            let mut overdue = Vec::new();
+            d.retain(|(deadline, t)| match t.upgrade() {
+                Some(t) if t.is_complete() => false,
+                Some(t) if *deadline <= now => {
+                    overdue.push(t);
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            });
+            overdue
+        };
+        for t in overdue {
+            t.expire();
+        }
     }
 
     /// Opens (or returns) the connection to `member`.
