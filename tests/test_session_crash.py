@@ -18,14 +18,19 @@ by (DeltaManager) or readable from (BackupManager) both survivors.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import tribes
 from support import lineproc
 
 SESSION_MEMBER = Path(__file__).parent / "support" / "session_member.py"
@@ -208,3 +213,41 @@ def test_sigkill_after_ack_commit_survivors_hold_it(
         m = node.cluster.manager(MANAGER)
         for sid, expected in committed.items():
             assert held(m, sid) == expected, f"{node.member}: {sid} holds {held(m, sid)}, want {expected}"
+
+
+def test_awaited_commit_to_a_frozen_member_times_out(
+    mcast_port: int,
+    local_node: Callable[..., Any],
+    session_process: Callable[..., SessionProcess],
+    wait_for: Callable[..., Any],
+) -> None:
+    """``commit_async`` (the ASGI middleware's ack commit) has no thread waiting on it: when a member
+    never acknowledges (SIGSTOP: its connection stays open), the core's deadline check still ends the
+    commit with a ChannelError naming that member, and commits keep working once it answers again."""
+    managers = {MANAGER: {"kind": "delta", "send_mode": "ack"}}
+    # Slow to drop a silent member, quick to give up on an acknowledgement.
+    node = local_node(
+        mcast_port, managers=managers, membership={"drop_time_ms": 60_000}, sender={"timeout_ms": 300}
+    )
+    child = session_process(mcast_port, "frozen", "delta")
+    child.wait_added(node.member)
+    wait_for(lambda: len(node.cluster.members) == 1, 10, "the child in the view")
+    manager = node.cluster.manager(MANAGER)
+
+    async def commit(value: int) -> bool:
+        session = manager.create()
+        session["v"] = value
+        return await manager.commit_async(session)
+
+    assert asyncio.run(commit(1)) is True
+    os.kill(child.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(tribes.ChannelError) as failure:
+            asyncio.run(asyncio.wait_for(commit(2), 10))
+        assert time.monotonic() - started < 5, "the deadline check ended it, not the test's own timeout"
+        assert "timed out" in str(failure.value)
+        assert [f.member.port for f in failure.value.faulty] == [node.cluster.members[0].port]
+    finally:
+        os.kill(child.proc.pid, signal.SIGCONT)
+    wait_for(lambda: asyncio.run(commit(3)), 10, "commits acknowledged again")
