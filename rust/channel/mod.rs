@@ -626,23 +626,21 @@ impl Link {
                 targets: targets.to_vec(),
             })?;
             let last = msgs.len().saturating_sub(1);
-            msgs.iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    // Only each target's final frame reports to the tracker.
-                    let is_last_for_targets = i == last
+            // Only each target's final frame reports to the tracker.
+            let reports: Vec<bool> = (0..msgs.len())
+                .map(|i| {
+                    i == last
                         || !msgs[i + 1..].iter().any(|later| {
                             later
                                 .targets
                                 .iter()
-                                .any(|t| m.targets.iter().any(|x| x.same_as(t)))
-                        });
-                    (
-                        encode(m.options, &m.payload),
-                        Some(m.targets.clone()),
-                        is_last_for_targets,
-                    )
+                                .any(|t| msgs[i].targets.iter().any(|x| x.same_as(t)))
+                        })
                 })
+                .collect();
+            msgs.into_iter()
+                .zip(reports)
+                .map(|(m, reports)| (encode(m.options, &m.payload), Some(m.targets), reports))
                 .collect()
         };
         Ok(Prepared { mode, frames })
