@@ -886,3 +886,40 @@ def test_interceptor_stack(stack: str, mcast_port: int, local_node: Factory) -> 
         a.cluster.send(data, to=target, options="async")
     assert b.recorder.wait_messages(200, since=mark) == small
     assert b.cluster.stats()["rejected_by_interceptors"] == 0
+
+
+def test_sync_ack_of_a_fragmented_message_waits_for_the_last_fragment(
+    mcast_port: int, member_process: Factory, local_node: Factory
+) -> None:
+    """Every fragment of a ``use_ack`` message is acknowledged; the send completes on the last one's ACK
+    (the earlier fragments' ACKs are consumed, never taken for this message's or a later one's)."""
+    interceptors = [{"name": "fragmentation", "max_size": 64}]
+    node = local_node(mcast_port, interceptors=interceptors)
+    receiver = member_process(
+        mcast_port, name="receiver", args=["--config-json", json.dumps({"interceptors": interceptors})]
+    )
+    (target,) = connect_all(node, receiver)
+    outcome: list[BaseException | None] = []
+
+    def send(data: bytes, options: str) -> None:
+        try:
+            node.cluster.send(data, to=target, options=options)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    receiver.request("LISTENER hold", "OK")
+    for i in range(3):
+        data = bytes([i]) * 1000  # 16 fragments
+        mark = receiver.mark()
+        sender = threading.Thread(target=send, args=(data, "use_ack,sync"), daemon=True)
+        sender.start()
+        receiver.wait_line("MSG", msg_line_for(node.member, data), since=mark)
+        sender.join(timeout=0.5)
+        assert sender.is_alive(), f"send {i} returned before the receiver's listener had run"
+        receiver.request("RELEASE", "OK")
+        sender.join(timeout=5)
+        assert not sender.is_alive()
+        assert outcome == [None] * (i + 1)
+    receiver.request("LISTENER ok", "OK")

@@ -655,8 +655,13 @@ impl Link {
     ) {
         let _enter = self.handle.enter();
         let mode = prepared.mode;
+        // Every frame of an acknowledged send asks for an ACK (the interceptors keep the options),
+        // and ACKs are matched to waiters in order: the frames that do not report still wait for
+        // theirs, on a tracker nobody reads, so that no ACK is taken for another frame's.
+        let sink = (mode == SendMode::Ack && prepared.frames.iter().any(|f| !f.2))
+            .then(|| SendTracker::new(&[]));
         for (frame, frame_targets, reports) in &prepared.frames {
-            let t = if *reports { tracker } else { None };
+            let t = if *reports { tracker } else { sink.as_ref() };
             let frame_mode = if t.is_some() {
                 mode
             } else if mode == SendMode::Async {
