@@ -20,6 +20,7 @@ from other members, on the dispatcher thread.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import pickle
 import re
@@ -76,6 +77,9 @@ def _unpickle_ext(raw: bytes) -> bytes | None:
     return body if len(body) == n else None
 
 
+_commit_tokens = itertools.count(1)
+
+
 class _BackgroundCommits:
     """Commits awaited on one asyncio loop: the core runs each on one of its own threads and, when
     the acknowledgements are in, makes a socket readable that the loop watches. No Python thread
@@ -85,13 +89,13 @@ class _BackgroundCommits:
         self.core = core
         self.loop = loop
         self.pending: dict[int, asyncio.Future[bool]] = {}
-        self.next_token = 0
         self.fd = core.completion_fd()
         loop.add_reader(self.fd, self._collect)
 
     def submit(self, sid: str, writes: list[Any], meta: list[Any]) -> asyncio.Future[bool]:
-        self.next_token += 1
-        token = self.next_token
+        # Tokens are unique in the process: a commit still in flight when its loop closed must not
+        # complete a later loop's commit that reused its number.
+        token = next(_commit_tokens)
         future: asyncio.Future[bool] = self.loop.create_future()
         self.pending[token] = future
         try:
