@@ -9,8 +9,8 @@ of the scope with it, as the ASGI spec asks of middleware). When the application
 the session's changes are committed first (in ``ack`` mode they are on the other members before the
 response starts), unless the path matches ``filter``; ``Set-Cookie`` is added when the session is
 new, re-bound or rotated. Commits that wait for acknowledgements (a changed session, ``ack`` or
-``sync`` mode, other members present) run in a worker thread, so the event loop keeps serving other
-requests meanwhile; everything else ends inline.
+``sync`` mode, other members present) are awaited (``SessionManager.commit_async``: no worker thread),
+so the event loop keeps serving other requests meanwhile; everything else ends inline.
 """
 
 from __future__ import annotations
