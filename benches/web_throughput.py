@@ -10,7 +10,7 @@ installed) behind each of these, every variant its own server process:
                  in-memory sessions, no replication);
 ``tribes-alone`` ``tribes.asgi.ReplicationMiddleware`` on a cluster with no other member, ``send_mode``
                  async and ack (what tribes costs before any network: the session table, the codec, the
-                 commit, and in ack mode the commit's hop to a worker thread);
+                 commit; with no member, an ack commit has nothing to wait for);
 ``tribes``       the same with 2 peers (two more member processes, each serving the same application
                  on its own port), ``send_mode`` async and ack;
 ``redis``        sessions in a real ``redis-server`` (started here, no persistence) through
@@ -952,7 +952,7 @@ def report(doc: dict[str, Any]) -> None:
         (
             "tribes-alone-ack",
             "tribes-alone-async",
-            "tribes alone `ack` / alone `async`: the worker-thread hop",
+            "tribes alone `ack` / alone `async`: ack mode with no member to wait for",
         ),
         (
             "tribes-ack",
