@@ -923,3 +923,24 @@ def test_sync_ack_of_a_fragmented_message_waits_for_the_last_fragment(
         assert not sender.is_alive()
         assert outcome == [None] * (i + 1)
     receiver.request("LISTENER ok", "OK")
+
+
+def test_a_process_restarted_at_the_same_address_replaces_the_old_member(
+    mcast_port: int, member_process: Factory, local_node: Factory, wait_for: Factory
+) -> None:
+    """A member killed without a goodbye and restarted on the same port ends up in the view once, as the
+    new process. (Once its address answers again, the failure detector's probe cannot tell the old
+    process from the new one; the new process's first heartbeat replaces the old member.)"""
+    node = local_node(mcast_port)
+    old = member_process(mcast_port, name="old")
+    connect_all(node, old)
+    old.kill()  # SIGKILL: no shutdown packet
+    new = member_process(mcast_port, name="new", args=["--receiver-port", str(old.port)])
+    assert new.port == old.port, "the restarted process should have its old port back"
+    node.wait_sees(new)
+    wanted = [(new.port, bytes(new.unique_id))]
+    wait_for(
+        lambda: [(m.port, bytes(m.unique_id)) for m in node.cluster.members] == wanted,
+        10,
+        lambda: f"only the new process in the view; it is {[str(m) for m in node.cluster.members]}",
+    )
