@@ -80,6 +80,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 from bench_common import JsonChild, free_mcast_port, json_replier, log, percentile, start_watchdog
+from tribes.web import session_id_in
 
 TARGET_ACK_VS_CEILING = 0.90
 TARGET_ACK_VS_REDIS = 1.5
@@ -124,8 +125,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_ID = re.compile(r"[0-9A-F]{32}(?:\.([A-Za-z0-9_-]{1,64}))?")  # the ids tribes issues
 
 
 def make_endpoint(store: str, work_us: int = 0, peek: Callable[[str], Any] | None = None) -> ASGIApp:
@@ -193,16 +192,9 @@ def make_endpoint(store: str, work_us: int = 0, peek: Callable[[str], Any] | Non
 
 
 def session_id_from(cookie_header: str | None) -> str | None:
-    """The well-formed session id in a ``Cookie`` header (as ``tribes.web.Replicator`` parses it)."""
-    if not cookie_header or COOKIE not in cookie_header:
-        return None
-    for part in cookie_header.split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep and key == COOKIE:
-            value = value.strip().strip('"')
-            if _ID.fullmatch(value):
-                return value
-    return None
+    """The well-formed session id in a ``Cookie`` header (``tribes.web.Replicator``'s parser itself, so
+    that every variant parses cookies alike)."""
+    return session_id_in(cookie_header, COOKIE)
 
 
 def set_cookie_header(sid: str) -> bytes:

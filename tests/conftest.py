@@ -280,3 +280,21 @@ def local_node() -> Iterator[Callable[..., LocalNode]]:
     yield start
     for node in nodes:
         node.stop()
+
+
+@pytest.fixture
+def start_cluster() -> Iterator[Callable[..., Any]]:
+    """Factory: ``start_cluster(cfg)`` → a started ``tribes.Cluster``; all stopped at teardown."""
+    import tribes
+
+    started: list[Any] = []
+
+    def start(cfg: Any) -> Any:
+        cluster = tribes.Cluster(cfg)
+        started.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.stop()

@@ -86,6 +86,24 @@ def connect_all(node: Any, *procs: Any) -> list[Any]:
     return members
 
 
+def send_in_background(
+    node: Any, target: Any, data: bytes, options: str, outcome: list[BaseException | None]
+) -> threading.Thread:
+    """A started thread sending ``data`` to ``target``; it appends None, or the exception, to ``outcome``."""
+
+    def send() -> None:
+        try:
+            node.cluster.send(data, to=target, options=options)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_wire_helpers_match_vectors() -> None:
     """The support.wire helpers build exactly the golden vectors the Rust core is tested against."""
     packet = member_packet("10.0.0.5", 4000, bytes(range(16)), 0x1234, domain=b"d")
@@ -257,17 +275,8 @@ def test_sync_ack_waits_for_the_listener(
     receiver.request("LISTENER hold", "OK")
     outcome: list[BaseException | None] = []
 
-    def send(data: bytes, options: str) -> None:
-        try:
-            node.cluster.send(data, to=target, options=options)
-        except BaseException as exc:
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
     mark = receiver.mark()
-    sender = threading.Thread(target=send, args=(b"held-sync", "use_ack,sync"), daemon=True)
-    sender.start()
+    sender = send_in_background(node, target, b"held-sync", "use_ack,sync", outcome)
     receiver.wait_line("MSG", msg_line_for(node.member, b"held-sync"), since=mark)
     sender.join(timeout=0.5)
     assert sender.is_alive(), "a sync send returned while the receiver's listener was still running"
@@ -279,8 +288,7 @@ def test_sync_ack_waits_for_the_listener(
     # 3. Contrast: plain use_ack is acked on receipt, so it returns while the listener is held.
     outcome.clear()
     mark = receiver.mark()
-    sender = threading.Thread(target=send, args=(b"held-ack", "use_ack"), daemon=True)
-    sender.start()
+    sender = send_in_background(node, target, b"held-ack", "use_ack", outcome)
     sender.join(timeout=5)
     assert not sender.is_alive(), "a use_ack send waited for the receiver's listener"
     assert outcome == [None]
@@ -901,20 +909,11 @@ def test_sync_ack_of_a_fragmented_message_waits_for_the_last_fragment(
     (target,) = connect_all(node, receiver)
     outcome: list[BaseException | None] = []
 
-    def send(data: bytes, options: str) -> None:
-        try:
-            node.cluster.send(data, to=target, options=options)
-        except BaseException as exc:
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
     receiver.request("LISTENER hold", "OK")
     for i in range(3):
         data = bytes([i]) * 1000  # 16 fragments
         mark = receiver.mark()
-        sender = threading.Thread(target=send, args=(data, "use_ack,sync"), daemon=True)
-        sender.start()
+        sender = send_in_background(node, target, data, "use_ack,sync", outcome)
         receiver.wait_line("MSG", msg_line_for(node.member, data), since=mark)
         sender.join(timeout=0.5)
         assert sender.is_alive(), f"send {i} returned before the receiver's listener had run"

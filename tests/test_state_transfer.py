@@ -4,7 +4,7 @@ changes committed meanwhile are not lost; then it serves the sessions."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -13,28 +13,16 @@ from support.lineproc import free_mcast_port
 from support.waiting import EVENT_TIMEOUT, wait_for
 from support.wire import FrameCapture
 
+#: The ``start_cluster`` fixture (tests/conftest.py).
+StartCluster = Callable[..., tribes.Cluster]
+
 SESSIONS = 100_000
 
 
-@pytest.fixture
-def clusters() -> Iterator[list[tribes.Cluster]]:
-    started: list[tribes.Cluster] = []
-    yield started
-    for c in started:
-        c.stop()
-
-
-def member(cfg: tribes.ClusterConfig, started: list[tribes.Cluster]) -> tribes.Cluster:
-    cluster = tribes.Cluster(cfg)
-    started.append(cluster)
-    cluster.start()
-    return cluster
-
-
 @pytest.mark.timeout(300)
-def test_joining_member_receives_100k_sessions_and_serves_them(clusters: list[tribes.Cluster]) -> None:
+def test_joining_member_receives_100k_sessions_and_serves_them(start_cluster: StartCluster) -> None:
     cfg = tribes.ClusterConfig.local(membership={"port": free_mcast_port(47000, 48999)})
-    a = member(cfg, clusters)
+    a = start_cluster(cfg)
     shop = a.manager("shop")
     ids = []
     for i in range(SESSIONS):
@@ -62,7 +50,7 @@ def test_joining_member_receives_100k_sessions_and_serves_them(clusters: list[tr
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        b = member(cfg, clusters)
+        b = start_cluster(cfg)
         joined = b.manager("shop")
     finally:
         stop.set()
@@ -90,21 +78,21 @@ def test_joining_member_receives_100k_sessions_and_serves_them(clusters: list[tr
     assert again is not None and again["from_b"] is True
 
 
-def test_a_member_without_the_manager_answers_no_manager(clusters: list[tribes.Cluster]) -> None:
+def test_a_member_without_the_manager_answers_no_manager(start_cluster: StartCluster) -> None:
     """The asked member runs no manager of that name: it says so and the joiner does not wait."""
     port = free_mcast_port(47000, 48999)
-    old = member(tribes.ClusterConfig.local(membership={"port": port}), clusters)
+    old = start_cluster(tribes.ClusterConfig.local(membership={"port": port}))
     cfg = tribes.ClusterConfig.local(
         membership={"port": port}, managers={"shop": {"state_transfer_timeout": 60}}
     )
-    new = member(cfg, clusters)
+    new = start_cluster(cfg)
     assert new.members, "the new member must have seen the old one before asking"
     assert new.manager("shop").state_transfer == "complete"
     assert len(new.manager("shop")) == 0
     assert old.stats()["session_messages_unknown_manager"] >= 1
 
 
-def test_transfer_gives_up_after_the_timeout(clusters: list[tribes.Cluster]) -> None:
+def test_transfer_gives_up_after_the_timeout(start_cluster: StartCluster) -> None:
     """A peer that acknowledges the request but never answers: the joiner goes on after
     ``state_transfer_timeout`` and reports it."""
     with FrameCapture() as silent:
@@ -112,9 +100,7 @@ def test_transfer_gives_up_after_the_timeout(clusters: list[tribes.Cluster]) -> 
             membership={"static_members": [{"host": "127.0.0.1", "port": silent.port}]},
             managers={"shop": {"state_transfer_timeout": 1}},
         )
-        cluster = tribes.Cluster(cfg)
-        clusters.append(cluster)
-        cluster.start()
+        cluster = start_cluster(cfg)
         wait_for(lambda: cluster.members, EVENT_TIMEOUT, "the static peer to be seen")
         manager = cluster.manager("shop")
         assert manager.state_transfer == "timed_out"

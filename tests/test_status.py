@@ -5,37 +5,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 import tribes
 from support.lineproc import free_mcast_port
 from support.waiting import EVENT_TIMEOUT, wait_for
 
-
-@pytest.fixture
-def started() -> Iterator[list[tribes.Cluster]]:
-    clusters: list[tribes.Cluster] = []
-    yield clusters
-    for c in clusters:
-        c.stop()
+#: The ``start_cluster`` fixture (tests/conftest.py).
+StartCluster = Callable[..., tribes.Cluster]
 
 
-def start(cfg: tribes.ClusterConfig, into: list[tribes.Cluster]) -> tribes.Cluster:
-    c = tribes.Cluster(cfg)
-    into.append(c)
-    c.start()
-    return c
-
-
-def test_status_prints_members_sessions_and_counters(started: list[tribes.Cluster], tmp_path: Path) -> None:
+def test_status_prints_members_sessions_and_counters(start_cluster: StartCluster, tmp_path: Path) -> None:
     cfg = tribes.ClusterConfig.local(
         membership={"port": free_mcast_port(47000, 48999)}, managers={"shop": {"kind": "delta"}}
     )
-    a = start(cfg.with_overrides(route="node1"), started)
-    b = start(cfg.with_overrides(route="node2"), started)
+    a = start_cluster(cfg.with_overrides(route="node1"))
+    b = start_cluster(cfg.with_overrides(route="node2"))
     wait_for(lambda: a.members and b.members, EVENT_TIMEOUT, "the members to meet")
     shop = a.manager("shop")
     for i in range(7):
@@ -68,12 +54,12 @@ def test_status_prints_members_sessions_and_counters(started: list[tribes.Cluste
     assert b.stats()["session_messages_unknown_manager"] == 0
 
 
-def test_backup_manager_skips_members_without_the_manager(started: list[tribes.Cluster]) -> None:
+def test_backup_manager_skips_members_without_the_manager(start_cluster: StartCluster) -> None:
     port = free_mcast_port(47000, 48999)
     cfg = tribes.ClusterConfig.local(membership={"port": port}, managers={"shop": {"kind": "backup"}})
-    a = start(cfg, started)
-    b = start(cfg, started)
-    plain = start(tribes.ClusterConfig.local(membership={"port": port}), started)  # no manager
+    a = start_cluster(cfg)
+    b = start_cluster(cfg)
+    plain = start_cluster(tribes.ClusterConfig.local(membership={"port": port}))  # no manager
     wait_for(lambda: len(a.members) == 2 and len(b.members) == 2, EVENT_TIMEOUT, "three members")
     shop = a.manager("shop")
     assert isinstance(shop, tribes.BackupManager)

@@ -228,16 +228,16 @@ class TribesSessionInterface(SessionInterface):
         sid = request.id if session._touched or header is not None else None
         cookie = replicator.cookie
         partitioned = self.get_cookie_partitioned(app)
+        attributes: dict[str, Any] = {
+            "path": cookie.path,
+            "domain": cookie.domain,
+            "secure": cookie.secure,
+            "httponly": cookie.httponly,
+            "samesite": _samesite(cookie.samesite),
+            "partitioned": partitioned,
+        }
         if header is not None and sid is None:
-            response.delete_cookie(
-                cookie.name,
-                path=cookie.path,
-                domain=cookie.domain,
-                secure=cookie.secure,
-                httponly=cookie.httponly,
-                samesite=_samesite(cookie.samesite),
-                partitioned=partitioned,
-            )
+            response.delete_cookie(cookie.name, **attributes)
             response.vary.add("Cookie")
             return
         refresh = sid is not None and (
@@ -246,17 +246,7 @@ class TribesSessionInterface(SessionInterface):
         if sid is None or (header is None and not refresh):
             return
         expires = datetime.now(UTC) + app.permanent_session_lifetime if permanent else None
-        response.set_cookie(
-            cookie.name,
-            sid,
-            expires=expires,
-            path=cookie.path,
-            domain=cookie.domain,
-            secure=cookie.secure,
-            httponly=cookie.httponly,
-            samesite=_samesite(cookie.samesite),
-            partitioned=partitioned,
-        )
+        response.set_cookie(cookie.name, sid, expires=expires, **attributes)
         response.vary.add("Cookie")
 
 

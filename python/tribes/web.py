@@ -22,7 +22,14 @@ from .errors import ChannelError
 from .managers import SessionManager
 from .session import Session
 
-__all__ = ["DEFAULT_FILTER", "ROUTE_PAYLOAD_PREFIX", "Replicator", "RequestSession", "WebStats"]
+__all__ = [
+    "DEFAULT_FILTER",
+    "ROUTE_PAYLOAD_PREFIX",
+    "Replicator",
+    "RequestSession",
+    "WebStats",
+    "session_id_in",
+]
 
 _log = logging.getLogger("tribes.web")
 
@@ -183,6 +190,20 @@ class CookieSettings:
     samesite: str | None = "lax"
 
 
+def session_id_in(cookie_header: str | None, name: str) -> str | None:
+    """The well-formed session id in cookie ``name`` of a ``Cookie`` header, or None (absent, or not an id
+    tribes issues)."""
+    if not cookie_header or name not in cookie_header:
+        return None
+    for part in cookie_header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            value = value.strip().strip('"')
+            if _ID.fullmatch(value):
+                return value
+    return None
+
+
 class Replicator:
     """Binds requests to sessions of one manager and replicates them when the request ends.
 
@@ -230,18 +251,7 @@ class Replicator:
 
     def session_id_from(self, cookie_header: str | None) -> str | None:
         """The well-formed session id in a ``Cookie`` header, or None."""
-        if not cookie_header:
-            return None
-        name = self.cookie.name
-        if name not in cookie_header:
-            return None
-        for part in cookie_header.split(";"):
-            key, sep, value = part.strip().partition("=")
-            if sep and key == name:
-                value = value.strip().strip('"')
-                if _ID.fullmatch(value):
-                    return value
-        return None
+        return session_id_in(cookie_header, self.cookie.name)
 
     def _resume(self, request: RequestSession, sid: str | None) -> Session | None:
         """The session a request's id names, re-bound to this member if its route's member is gone."""

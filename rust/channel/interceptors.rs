@@ -719,7 +719,8 @@ struct Encrypt {
     local_digest: [u8; 32],
     /// Where the next nonce comes from.
     nonces: Mutex<NonceSequence>,
-    window_ms: u64,
+    /// Accepted clock difference of a message's timestamp, ms.
+    window_ms: i64,
     cache: usize,
     /// One replay window per sender epoch; dropped (when there are many) once the sender has been
     /// silent for two timestamp windows (every message it sent is then refused by its timestamp).
@@ -769,7 +770,7 @@ impl Encrypt {
             ring,
             local_digest: sha2::Sha256::digest(&ctx.local_address[..]).into(),
             nonces: Mutex::new(NonceSequence::new()),
-            window_ms,
+            window_ms: i64::try_from(window_ms).unwrap_or(i64::MAX),
             cache,
             guards: Mutex::new(GuardMap::default()),
             stats: ctx.stats.clone(),
@@ -806,7 +807,7 @@ impl Interceptor for Encrypt {
                 }
             };
         let now = now_ms();
-        let window = i64::try_from(self.window_ms).unwrap_or(i64::MAX);
+        let window = self.window_ms;
         let (epoch, counter) = envelope::split_nonce(&nonce);
         let key = (msg.sender.packet.port, msg.sender.packet.unique_id, epoch);
         let checked = check_window(timestamp_ms, now, window).and_then(|()| {
