@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tribes
+from support.waiting import stop_process
 from support.wire import (
     ACK_FRAME,
     FRAME_END,
@@ -358,18 +359,6 @@ def test_channel_error_names_the_dead_member(
     assert node.sees(alive_proc) == alive
 
 
-def _all_threads_stopped(pid: int) -> bool:
-    """True when every thread of ``pid`` is in state T (stopped), per /proc."""
-    states = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except FileNotFoundError:  # a thread that just exited
-            continue
-        states.append(stat.rpartition(")")[2].split()[0])
-    return bool(states) and all(state in ("T", "t") for state in states)
-
-
 def test_hung_member_times_out_and_is_removed(
     mcast_port: int, member_process: Factory, local_node: Factory, wait_for: Factory
 ) -> None:
@@ -381,10 +370,8 @@ def test_hung_member_times_out_and_is_removed(
     hung, alive = connect_all(node, hung_proc, alive_proc)
     mark = alive_proc.mark()
 
-    os.kill(hung_proc.pid, signal.SIGSTOP)
+    stop_process(hung_proc.pid)
     try:
-        # The stop takes effect asynchronously: wait until every thread of the process is stopped.
-        wait_for(lambda: _all_threads_stopped(hung_proc.pid), 5, "the SIGSTOPped process to stop")
         t0 = time.monotonic()
         with pytest.raises(tribes.ChannelError) as info:
             node.cluster.send(b"to a hung member", to=[hung, alive], options="use_ack")

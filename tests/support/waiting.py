@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 #: How long a test waits for an event that should come promptly on loopback.
@@ -38,3 +41,26 @@ def wait_for(
         return result
     text = message() if callable(message) else message
     raise AssertionError(f"timed out after {timeout:.2f} s waiting for: {text}")
+
+
+def all_threads_stopped(pid: int) -> bool:
+    """True when every thread of ``pid`` is in state T (stopped), per /proc."""
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:  # a thread that just exited
+            continue
+        states.append(stat.rpartition(")")[2].split()[0])
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
+def stop_process(pid: int, timeout: float = EVENT_TIMEOUT) -> None:
+    """SIGSTOP ``pid`` and wait until every one of its threads has stopped.
+
+    ``kill`` returns before the stop takes effect: the group stop begins only when one thread of the
+    target handles the signal, and until then (milliseconds on a loaded machine) its other threads run
+    on, so a message sent right after ``kill`` may still be read and acknowledged.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: all_threads_stopped(pid), timeout, f"process {pid} to stop after SIGSTOP")
