@@ -192,6 +192,51 @@ fn garbage_on_the_receiver_port_is_counted_and_ignored() {
     b.stop();
 }
 
+/// Sparse async sends are written from the caller's thread, dense ones by the writer task (and a
+/// large frame only partly by the caller, the rest by the writer): whichever way each goes, they
+/// arrive complete and in order.
+#[test]
+fn sparse_and_dense_async_sends_arrive_in_order() {
+    let port = mcast_port();
+    let a = started(port, DEFAULT_STACK);
+    let b = started(port, DEFAULT_STACK);
+    wait_until("membership", Duration::from_secs(5), || {
+        a.members().len() == 1 && b.members().len() == 1
+    });
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    for burst in 0..40u32 {
+        // Alternately a gap longer than the sparse gap (200 µs) and none; every fifth burst
+        // starts with a frame of almost `max_frame`, more than a fresh loopback connection takes in
+        // one non-blocking write.
+        if burst % 2 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 0..(1 + burst % 7) {
+            let len = if burst % 5 == 0 && i == 0 {
+                900_000
+            } else {
+                64
+            };
+            let mut m = vec![(burst % 251) as u8; len];
+            m[..8].copy_from_slice(&((u64::from(burst) << 32) | u64::from(i)).to_be_bytes());
+            a.send(&m, None, ASYNCHRONOUS).expect("async send");
+            sent.push(m);
+        }
+    }
+    for (n, want) in sent.iter().enumerate() {
+        let got = next_message(&b, Duration::from_secs(5)).expect("async message");
+        assert!(
+            got == *want,
+            "message {n} of {}: got {} bytes starting {:?}",
+            sent.len(),
+            got.len(),
+            &got[..8.min(got.len())]
+        );
+    }
+    a.stop();
+    b.stop();
+}
+
 #[test]
 fn interceptors_round_trip_large_and_ordered_messages() {
     let stack = r#"{"name":"dispatch","options":{}},{"name":"order","options":{}},
