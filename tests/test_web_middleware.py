@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from support import lineproc
 from support.waiting import wait_for
+from tribes.web import DEFAULT_FILTER, _default_filter_matches
 
 SUPPORT = Path(__file__).parent / "support"
 WEB_APP = SUPPORT / "web_app.py"
@@ -205,3 +208,14 @@ def test_gunicorn_two_workers_share_sessions(client: httpx.Client, tmp_path: Pat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+_ENDINGS = ["", ".gif", ".js", ".woff", ".woff2", ".woff3", ".HTML", ".", "\n"]
+
+
+@hypothesis.given(st.text(alphabet="ab./\n\u00e9gijsptxcmlhofwGIF2e", max_size=12), st.sampled_from(_ENDINGS))
+def test_the_default_filter_without_regex_agrees_with_the_regex(head: str, ending: str) -> None:
+    """The replicator checks Tomcat's default static filter without the regex engine; it must answer
+    exactly as ``re.fullmatch(DEFAULT_FILTER, path)``."""
+    path = head + ending
+    assert _default_filter_matches(path) == (re.fullmatch(DEFAULT_FILTER, path) is not None)

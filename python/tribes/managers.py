@@ -283,10 +283,13 @@ class SessionManager:
         """
         if not self._check_committable(session):
             return False
+        core = self._core
+        if core is None:
+            core = self._require()
         writes, new_raw = session._changes()
-        meta = list(session._meta.items())
+        meta = list(session._meta.items()) if session._meta else []
         try:
-            alive = self._require().commit(session.id, writes, meta)
+            alive = core.commit(session._id, writes, meta)
         finally:
             session._committed(new_raw)
         return self._after_commit(session, writes, meta, alive)
@@ -316,16 +319,16 @@ class SessionManager:
         return self._after_commit(session, writes, meta, alive)
 
     def _check_committable(self, session: Session) -> bool:
-        if session.manager is not self:
+        if session._manager is not self:
             raise ValueError(f"session {session.id} belongs to manager {session.manager.name!r}")
-        return session.valid
+        return session._valid
 
     @staticmethod
     def _after_commit(session: Session, writes: list[Any], meta: list[Any], alive: bool) -> bool:
         if not alive:
             session._valid = False
-        changed = bool(writes) or any(k != "is_new" for k, _ in meta)
-        return changed and alive
+            return False
+        return bool(writes) or any(k != "is_new" for k, _ in meta)
 
     def _background_on(
         self, core: _core.CoreManager, loop: asyncio.AbstractEventLoop

@@ -194,20 +194,38 @@ class Session(MutableMapping[str, Any]):
         self._values[name] = value
         return value
 
+    def get(self, name: str, default: Any = None) -> Any:
+        """The attribute ``name``, or ``default`` (without raising and catching a KeyError)."""
+        value = self._values.get(name, _MISSING)
+        if value is not _MISSING:
+            return value
+        raw = self._raw.get(name)
+        if raw is None or name in self._removed:
+            return default
+        value = self._manager._decode(raw, name)
+        self._values[name] = value
+        return value
+
     def __setitem__(self, name: str, value: Any) -> None:
         self._check_valid()
         if not isinstance(name, str):
             raise TypeError(f"session attribute names are str, got {type(name).__name__}")
+        manager = self._manager
         # Encoded now, so an unsupported value fails here, naming the attribute.
-        data = self._manager._encode(value, name)
-        old = self.get(name, _MISSING) if self._manager._has_listeners else _MISSING
+        data = manager._encode(value, name)
+        if not manager._has_listeners:
+            self._written[name] = data
+            self._values[name] = value
+            self._removed.discard(name)
+            return
+        old = self.get(name, _MISSING)
         self._written[name] = data
         self._values[name] = value
         self._removed.discard(name)
         if old is _MISSING:
-            self._manager._fire("on_attribute_added", self._id, name, value)
+            manager._fire("on_attribute_added", self._id, name, value)
         else:
-            self._manager._fire("on_attribute_replaced", self._id, name, old, value)
+            manager._fire("on_attribute_replaced", self._id, name, old, value)
 
     def __delitem__(self, name: str) -> None:
         self._check_valid()
@@ -254,32 +272,39 @@ class Session(MutableMapping[str, Any]):
     def _changes(self) -> tuple[list[tuple[str, bytes | None, bool]], dict[str, bytes | None]]:
         """The attribute writes to commit: ``[(name, bytes | None, local)]`` and the new raw bytes."""
         manager = self._manager
+        replicates = manager._replicates
+        written, raw = self._written, self._raw
         writes: list[tuple[str, bytes | None, bool]] = []
         new_raw: dict[str, bytes | None] = {}
         for name, value in self._values.items():
-            data = self._written.get(name)
+            data = written.get(name)
             immutable = type(value) in _IMMUTABLE
-            if data is None and immutable:
-                continue  # read, and cannot have changed
-            if data is None or not immutable:
+            if data is None:
+                if immutable:
+                    continue  # read, and cannot have changed
                 data = manager._encode(value, name)
-            if self._raw.get(name) != data:
-                writes.append((name, data, not manager._replicates(name)))
+            elif not immutable:
+                data = manager._encode(value, name)  # written, then maybe changed in place
+            if raw.get(name) != data:
+                writes.append((name, data, not replicates(name)))
                 new_raw[name] = data
         for name in self._removed:
-            writes.append((name, None, not manager._replicates(name)))
+            writes.append((name, None, not replicates(name)))
             new_raw[name] = None
         return writes, new_raw
 
     def _committed(self, new_raw: dict[str, bytes | None]) -> None:
+        raw = self._raw
         for name, data in new_raw.items():
             if data is None:
-                self._raw.pop(name, None)
+                raw.pop(name, None)
             else:
-                self._raw[name] = data
-        self._removed.clear()
+                raw[name] = data
+        if self._removed:
+            self._removed.clear()
         self._written.clear()
-        for key, value in self._meta.items():
-            setattr(self, f"_{key}", value)
-        self._meta.clear()
-        self._last_accessed_ms = int(time.time() * 1000)
+        if self._meta:
+            for key, value in self._meta.items():
+                setattr(self, f"_{key}", value)
+            self._meta.clear()
+        self._last_accessed_ms = time.time_ns() // 1_000_000

@@ -65,6 +65,15 @@ class WebStats:
         with self._lock:
             self._counts[name] += n
 
+    def request(self, outcome: str | None) -> None:
+        """Count one request and its outcome (``replicated``, ``unchanged``, ``filtered``,
+        ``replication_failures``, or None): one lock per request."""
+        with self._lock:
+            counts = self._counts
+            counts["requests"] += 1
+            if outcome is not None:
+                counts[outcome] += 1
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
@@ -84,6 +93,8 @@ class RequestSession(MutableMapping[str, Any]):
         self._session: Session | None = None
         self._new_cookie = False
         self._invalidated = False
+        # What the request's end counts besides the request itself (set when the path is filtered).
+        self._outcome: str | None = None
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -153,6 +164,11 @@ class RequestSession(MutableMapping[str, Any]):
             raise KeyError(name)
         return session[name]
 
+    def get(self, name: str, default: Any = None) -> Any:
+        """The attribute ``name``, or ``default``."""
+        session = self._session if self._loaded else self._load()
+        return default if session is None else session.get(name, default)
+
     def __setitem__(self, name: str, value: Any) -> None:
         self._ensure()[name] = value
 
@@ -188,6 +204,18 @@ class CookieSettings:
     secure: bool = False
     httponly: bool = True
     samesite: str | None = "lax"
+
+
+_DEFAULT_FILTER_ENDINGS = frozenset(
+    ("gif", "js", "jpeg", "jpg", "png", "htm", "html", "css", "txt", "ico", "svg", "woff", "woff2")
+)
+
+
+def _default_filter_matches(path: str) -> bool:
+    """``re.fullmatch(DEFAULT_FILTER, path) is not None``, without the regex engine (a request's end
+    asks it of every path)."""
+    head, dot, ending = path.rpartition(".")
+    return bool(dot) and ending in _DEFAULT_FILTER_ENDINGS and "\n" not in head
 
 
 def session_id_in(cookie_header: str | None, name: str) -> str | None:
@@ -242,6 +270,11 @@ class Replicator:
         )
         self.filter = re.compile(filter) if filter else None
         self.stats = WebStats()
+        # The default filter, without the regex engine: the same answer for every path.
+        self._filtered = _default_filter_matches if filter == DEFAULT_FILTER else self._filter_matches
+
+    def _filter_matches(self, path: str) -> bool:
+        return self.filter is not None and self.filter.fullmatch(path) is not None
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -263,9 +296,11 @@ class Replicator:
         if session.is_new:
             session.is_new = False  # the client came back with it
         local_route = self._local_route()
-        match = _ID.fullmatch(sid)
-        route = match.group(1) if match else None
-        if local_route and route != local_route and not self._route_alive(route):
+        if not local_route:
+            return session
+        # `sid` is well formed (RequestSession ids come from session_id_in): the route follows the dot.
+        route = sid.partition(".")[2] or None
+        if route != local_route and not self._route_alive(route):
             # JvmRouteBinderValve: the member in the id is gone; this member takes the session over.
             old = session.id
             try:
@@ -290,13 +325,16 @@ class Replicator:
         """End a request: replicate (unless ``path`` matches the filter) and return the ``Set-Cookie``
         header value to send, if any."""
         session = self._to_commit(request, path)
+        outcome = request._outcome
         if session is not None:
             try:
                 changed = self.manager.commit(session)
             except ChannelError as exc:
                 self._replication_failed(session, exc)
+                outcome = "replication_failures"
             else:
-                self.stats.add("replicated" if changed else "unchanged")
+                outcome = "replicated" if changed else "unchanged"
+        self.stats.request(outcome)
         return self._cookie_after(request)
 
     async def aclose(self, request: RequestSession, path: str) -> str | None:
@@ -304,34 +342,35 @@ class Replicator:
         :meth:`~tribes.managers.SessionManager.commit_async`), so the event loop keeps serving while
         the other members acknowledge."""
         session = self._to_commit(request, path)
+        outcome = request._outcome
         if session is not None:
             try:
                 changed = await self.manager.commit_async(session)
             except ChannelError as exc:
                 self._replication_failed(session, exc)
+                outcome = "replication_failures"
             else:
-                self.stats.add("replicated" if changed else "unchanged")
+                outcome = "replicated" if changed else "unchanged"
+        self.stats.request(outcome)
         return self._cookie_after(request)
 
     def _to_commit(self, request: RequestSession, path: str) -> Session | None:
-        """Counts the request; the session to commit, or None (none, ended, or a static path that
-        did not change it)."""
-        self.stats.add("requests")
+        """The session to commit, or None (none, ended, or a static path that did not change it;
+        the latter sets the request's outcome to ``filtered``)."""
         session = request._session
-        filtered = self.filter is not None and self.filter.fullmatch(path) is not None
-        if session is not None and session.valid:
+        filtered = self._filtered(path)
+        if session is not None and session._valid:
             if filtered and not session.modified:
-                self.stats.add("filtered")
+                request._outcome = "filtered"
                 return None
             return session
         if filtered and request._incoming is not None:
-            self.stats.add("filtered")
+            request._outcome = "filtered"
         return None
 
     def _replication_failed(self, session: Session, exc: ChannelError) -> None:
         # Like Tomcat's valve: the response still goes out (the change is held here and by the
-        # members that got it); the failure is counted and logged.
-        self.stats.add("replication_failures")
+        # members that got it); the failure is counted (by the caller) and logged.
         _log.warning("session %s: replication incomplete: %s", session.id, exc)
 
     def _cookie_after(self, request: RequestSession) -> str | None:
