@@ -30,7 +30,7 @@ use crate::stats::{self, Stats};
 use crate::transport::probe::now_ms;
 use crate::transport::receiver::{self, Inbound, InboundMessage, ReceiverLimits};
 use crate::transport::sender::{PoolSettings, SendMode, SendTracker, SenderPool};
-use crate::wire::channel_data::encode_framed_channel_data;
+use crate::wire::channel_data::{encode_framed_channel_data, encode_framed_channel_data_with};
 use crate::wire::member::MemberPacket;
 use crate::wire::options::{ASYNCHRONOUS, BYTE_MESSAGE, SYNCHRONIZED_ACK, USE_ACK};
 use crate::wire::TCP_FAIL_DETECT;
@@ -618,6 +618,19 @@ impl Link {
         // the tracker then counts a target done when its last frame completes.
         let frames = if shared.stack.is_transparent() {
             vec![(encode(options, data), None, true)]
+        } else if let Some(sealer) = shared.stack.sole_sealer() {
+            let sealed_len = sealer.sealed_len(data.len());
+            let mut frame = Vec::with_capacity(sealed_len + shared.local_address.len() + 64);
+            encode_framed_channel_data_with(
+                options,
+                timestamp,
+                &unique_id,
+                &shared.local_address,
+                sealed_len,
+                |out| sealer.seal_into(options, &unique_id, data, out),
+                &mut frame,
+            );
+            vec![(Bytes::from(frame), None, true)]
         } else {
             let msgs = shared.stack.outbound(OutMessage {
                 options,

@@ -88,26 +88,46 @@ pub fn seal_with_nonce(
     aad: &[u8],
     payload: &[u8],
 ) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sealed_len(payload.len()));
+    seal_with_nonce_into(ring, nonce, timestamp_ms, aad, payload, &mut out);
+    out
+}
+
+/// The length of an envelope holding `payload_len` bytes.
+pub const fn sealed_len(payload_len: usize) -> usize {
+    HEADER_LEN + payload_len + TAG_LEN
+}
+
+/// [`seal_with_nonce`] appending the envelope (exactly [`sealed_len`] bytes) to `out`: a sender
+/// seals straight into the frame it builds, one copy of the payload and no buffer of its own.
+pub fn seal_with_nonce_into(
+    ring: &KeyRing,
+    nonce: [u8; 12],
+    timestamp_ms: i64,
+    aad: &[u8],
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
     let key = ring.sending();
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
+    out.reserve(sealed_len(payload.len()));
     out.push(MARKER);
     out.push(VERSION);
     out.extend_from_slice(&key.id);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    let start = out.len();
     out.extend_from_slice(payload);
     let sealed = with_full_aad(timestamp_ms, aad, |full| {
         key.aead.seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(full),
-            &mut out[HEADER_LEN..],
+            &mut out[start..],
         )
     });
     // Sealing fails only for inputs beyond GCM's 64 GiB limit, far above any frame limit.
     if let Ok(tag) = sealed {
         out.extend_from_slice(tag.as_ref());
     }
-    out
 }
 
 /// Runs `f` with the GCM AAD: the timestamp, then the caller's AAD.
@@ -166,18 +186,20 @@ pub fn open_in_place(
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&data[18..26]);
     let timestamp_ms = i64::from_be_bytes(ts);
+    // Decrypted to the front of `data` (over the header) as it goes: no second pass to move the
+    // payload down.
     let plain_len = with_full_aad(timestamp_ms, aad, |full| {
         key.aead
-            .open_in_place(
+            .open_within(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(full),
-                &mut data[HEADER_LEN..],
+                &mut data[..],
+                HEADER_LEN..,
             )
             .map(|p| p.len())
     })
     .map_err(|_| SecurityError::BadTag)?;
-    data.truncate(HEADER_LEN + plain_len);
-    data.drain(..HEADER_LEN);
+    data.truncate(plain_len);
     Ok((nonce, timestamp_ms))
 }
 

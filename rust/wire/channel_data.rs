@@ -95,6 +95,38 @@ pub fn encode_framed_channel_data(
     out.extend_from_slice(&FRAME_END);
 }
 
+/// Like [`encode_framed_channel_data`], with the message written by `write_message`, which
+/// appends `message_len` bytes to the buffer it gets (an interceptor sealing the payload straight
+/// into the frame). The length fields are set from what it actually wrote.
+///
+/// # Panics
+/// Like [`encode_channel_data`].
+pub fn encode_framed_channel_data_with(
+    options: u32,
+    timestamp: i64,
+    unique_id: &[u8],
+    address: &[u8],
+    message_len: usize,
+    write_message: impl FnOnce(&mut Vec<u8>),
+    out: &mut Vec<u8>,
+) {
+    let len = channel_data_len(unique_id.len(), address.len(), message_len);
+    len_i32(len, "channel data");
+    out.reserve(len + FRAME_OVERHEAD);
+    out.extend_from_slice(&FRAME_START);
+    let frame_len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    put_fields(options, timestamp, unique_id, address, &[], out);
+    let message_len_at = out.len() - 4;
+    write_message(out);
+    let written = out.len() - message_len_at - 4;
+    out[message_len_at..message_len_at + 4]
+        .copy_from_slice(&len_i32(written, "channel data message"));
+    let body = out.len() - frame_len_at - 4;
+    out[frame_len_at..frame_len_at + 4].copy_from_slice(&len_i32(body, "channel data"));
+    out.extend_from_slice(&FRAME_END);
+}
+
 impl<'a> ChannelDataRef<'a> {
     /// Decodes a frame body without copying. Every length is checked against the remaining bytes
     /// (unique id 0..=64, no negatives); the fields must fill `body` exactly. Errors are `Invalid`.
@@ -328,6 +360,27 @@ mod tests {
             prop_assert_eq!(cd.unique_id, &id[..]);
             prop_assert_eq!(cd.address, &address[..]);
             prop_assert_eq!(cd.message, &message[..]);
+        }
+
+        #[test]
+        fn framed_with_a_writer_matches_framed(
+            options in any::<u32>(),
+            timestamp in any::<i64>(),
+            id in prop::collection::vec(any::<u8>(), 0..=MAX_UNIQUE_ID_LEN),
+            address in prop::collection::vec(any::<u8>(), 0..300),
+            message in prop::collection::vec(any::<u8>(), 0..1024),
+            announced in 0usize..2048,
+            prefix in prop::collection::vec(any::<u8>(), 0..8),
+        ) {
+            // Whatever length the caller announced, the fields follow what the writer wrote.
+            let mut want = prefix.clone();
+            encode_framed_channel_data(options, timestamp, &id, &address, &message, &mut want);
+            let mut got = prefix.clone();
+            encode_framed_channel_data_with(
+                options, timestamp, &id, &address, announced,
+                |out| out.extend_from_slice(&message), &mut got,
+            );
+            prop_assert_eq!(got, want);
         }
 
         #[test]
