@@ -915,8 +915,7 @@ def test_a_process_restarted_at_the_same_address_replaces_the_old_member(
     mcast_port: int, member_process: Factory, local_node: Factory, wait_for: Factory
 ) -> None:
     """A member killed without a goodbye and restarted on the same port ends up in the view once, as the
-    new process. (Once its address answers again, the failure detector's probe cannot tell the old
-    process from the new one; the new process's first heartbeat replaces the old member.)"""
+    new process."""
     node = local_node(mcast_port)
     old = member_process(mcast_port, name="old")
     connect_all(node, old)
@@ -930,3 +929,29 @@ def test_a_process_restarted_at_the_same_address_replaces_the_old_member(
         10,
         lambda: f"only the new process in the view; it is {[str(m) for m in node.cluster.members]}",
     )
+
+
+def test_a_restart_that_answers_the_old_members_probe_does_not_keep_it(
+    mcast_port: int, member_process: Factory
+) -> None:
+    """The failure detector probes a member that fell silent; a process restarted on the same port answers
+    that probe in its place. The old member must still go (within a few drop times), not stay a suspect
+    for ``remove_suspects_timeout`` (300 s). The watcher is stopped while the old process dies and the new
+    one starts, so its probe can only find the new process answering."""
+    watcher = member_process(mcast_port, name="watcher")
+    old = member_process(mcast_port, name="old")
+    watcher.wait_added(old)
+    mark = watcher.mark()
+    stop_process(watcher.pid)
+    try:
+        old.kill()  # SIGKILL: no shutdown packet
+        new = member_process(mcast_port, name="new", args=["--receiver-port", str(old.port)])
+        assert new.port == old.port, "the restarted process should have its old port back"
+    finally:
+        os.kill(watcher.pid, signal.SIGCONT)
+    watcher.wait_added(new, since=mark)
+    # drop time 1 s: probed once it is silent, then again a drop time later if the new process's
+    # heartbeat was not in yet.
+    watcher.wait_line("GONE", _is(old), timeout=10, since=mark)
+    members = watcher.request("MEMBERS", "MEMBERS")
+    assert json.loads(members.split(" ", 1)[1]) == [f"{new.address} {new.unique_id.hex()}"]

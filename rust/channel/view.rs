@@ -2,7 +2,8 @@
 //! sees, with Tomcat's TcpFailureDetector rules when `failure_detector` is configured:
 //! - a new member is added only once a probe shows it answering;
 //! - a member that falls silent is probed: dead → removed, alive → kept as a suspect (re-probed
-//!   every drop time, removed once silent for `remove_suspects_timeout`);
+//!   every drop time, removed once silent for `remove_suspects_timeout`), unless another process
+//!   heard from recently holds its address (it restarted there: the answer was not its own);
 //! - a broken connection or failed send probes the member at once, so a killed process is
 //!   reported gone in well under a second instead of after the drop time;
 //! - a shutdown heartbeat removes the member immediately.
@@ -172,9 +173,25 @@ impl ViewTask {
             }
             (Purpose::Verify, Ok(())) => {
                 if self.in_view(&key) {
-                    let silent = self.table.silence(&key, Instant::now()).is_none_or(|d| {
-                        d.as_millis() as u64 > self.shared.cfg.membership.drop_time_ms
-                    });
+                    let now = Instant::now();
+                    let drop_time = Duration::from_millis(self.shared.cfg.membership.drop_time_ms);
+                    let silent = self.table.silence(&key, now).is_none_or(|d| d > drop_time);
+                    let successor = if silent {
+                        self.table.successor(&r.member, now, drop_time)
+                    } else {
+                        None
+                    };
+                    if let Some(successor) = successor {
+                        // The answer came from the process that now holds the address, not from
+                        // this one: a member restarted on the same port. Without this check the
+                        // old incarnation would stay a suspect for remove_suspects_timeout.
+                        log::info!(target: LOG,
+                            "{} is gone: {successor} answers at its address", r.member);
+                        self.table.remove(&key);
+                        self.suspects.remove(&key);
+                        self.remove(&key).await;
+                        return;
+                    }
                     if silent {
                         self.suspects
                             .entry(key.clone())

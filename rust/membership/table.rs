@@ -86,6 +86,21 @@ impl MemberTable {
             .map(|e| now.saturating_duration_since(e.last_heard))
     }
 
+    /// Another member at `of`'s host and port (a different process, by its unique id) heard
+    /// within `drop_time` at `now`: a restarted process that took over the address.
+    pub fn successor(&self, of: &Member, now: Instant, drop_time: Duration) -> Option<Arc<Member>> {
+        self.entries
+            .values()
+            .find(|e| {
+                let p = &e.member.packet;
+                p.host == of.packet.host
+                    && p.port == of.packet.port
+                    && p.unique_id != of.packet.unique_id
+                    && now.saturating_duration_since(e.last_heard) <= drop_time
+            })
+            .map(|e| e.member.clone())
+    }
+
     /// Number of members.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -129,5 +144,34 @@ mod tests {
         let silent = t.silent(later, Duration::from_millis(1000));
         assert_eq!(silent.len(), 1);
         assert_eq!(silent[0].packet.port, 4000);
+    }
+
+    #[test]
+    fn successor_is_another_recent_process_at_the_same_address() {
+        let with_id = |port: i32, id: u8| {
+            let mut p = member(port, 1).packet.clone();
+            p.unique_id = [id; 16];
+            Arc::new(Member::from_packet(p))
+        };
+        let drop_time = Duration::from_millis(1000);
+        let mut t = MemberTable::default();
+        let t0 = Instant::now();
+        let old = with_id(4000, 1);
+        t.heard(&old, t0);
+        t.heard(&with_id(4001, 2), t0); // another port: not a successor
+        assert!(t.successor(&old, t0, drop_time).is_none());
+        let later = t0 + Duration::from_millis(1500);
+        let new = with_id(4000, 3);
+        t.heard(&new, later);
+        let found = t
+            .successor(&old, later, drop_time)
+            .expect("the restarted process");
+        assert_eq!(found.packet.unique_id, [3; 16]);
+        // The new process is nobody's successor while the old one is silent, and a silent
+        // process at the address is no successor.
+        assert!(t.successor(&new, later, drop_time).is_none());
+        assert!(t
+            .successor(&old, later + Duration::from_millis(1500), drop_time)
+            .is_none());
     }
 }
