@@ -982,6 +982,7 @@ pub fn session_body(kind: u8, inp: &mut Input<'_>) -> Body {
         2 => Body::Accessed {
             id: session_text(inp),
             last_accessed_ms: inp.i64(),
+            seen_version: inp.i64() as u64,
         },
         3 => Body::GetAll {
             request: inp.i64() as u64,

@@ -689,6 +689,7 @@ impl Manager {
                 let body = Body::Accessed {
                     id: id.to_owned(),
                     last_accessed_ms: e.last_accessed_ms,
+                    seen_version: e.version,
                 };
                 return CommitSend::Accessed(Box::new(body), self.change_targets(e));
             }
@@ -1363,12 +1364,21 @@ impl Manager {
                 crate::stats::inc(&self.stats.deltas_received);
                 let track = self.tracking();
                 let id = d.id.clone();
+                let stamp = d.stamp;
                 let mut t = self.table.lock();
+                // Where the session was last used follows the newest change, not the last to
+                // arrive: a delta that was overtaken by this member's own later commit (sent
+                // before it, applied after it) leaves this member the primary. Otherwise expiry
+                // here would wait twice max_inactive for a session this member served last.
+                let overtaken = t.resolve(&id).and_then(|r| t.get(r)).is_some_and(|e| {
+                    e.role == Role::Primary && stamp <= Stamp::new(e.version, self.writer)
+                });
                 let a = t.apply_delta(d, self.settings.max_inactive, Role::Copy, track);
                 if let Some(e) = t
                     .resolve(&id)
                     .map(str::to_owned)
                     .and_then(|r| t.get_mut(&r))
+                    .filter(|_| !overtaken)
                 {
                     e.role = Role::Copy;
                     if backup_kind {
@@ -1382,6 +1392,7 @@ impl Manager {
             Body::Accessed {
                 id,
                 last_accessed_ms,
+                seen_version,
             } => {
                 let mut t = self.table.lock();
                 if let Some(e) = t
@@ -1390,7 +1401,12 @@ impl Manager {
                     .and_then(|r| t.get_mut(&r))
                 {
                     e.last_accessed_ms = e.last_accessed_ms.max(last_accessed_ms);
-                    if e.role == Role::Primary && !backup_kind {
+                    // As for deltas: an access served by a member that had not yet seen this
+                    // member's latest change happened before it (or alongside it), and leaves
+                    // this member the primary. Versions, not clocks, so clock skew between hosts
+                    // cannot make a member expire a session another one is serving.
+                    let overtaken = seen_version != 0 && seen_version < e.version;
+                    if !overtaken && e.role == Role::Primary && !backup_kind {
                         e.role = Role::Copy;
                     }
                 }

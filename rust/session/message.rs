@@ -106,6 +106,9 @@ pub enum Body {
         id: String,
         /// Access time, ms.
         last_accessed_ms: i64,
+        /// The highest change version the sender held when it served the access (0: unknown, an
+        /// older sender). Optional on the wire, last, so older encodings still decode.
+        seen_version: u64,
     },
     /// 4: send me every session (EVT_GET_ALL_SESSIONS; MSG_STATE for BackupManager).
     GetAll {
@@ -315,9 +318,11 @@ pub fn encode(manager: &str, body: &Body) -> Vec<u8> {
         Body::Accessed {
             id,
             last_accessed_ms,
+            seen_version,
         } => {
             w.str(id);
             w.iv(*last_accessed_ms);
+            w.uv(*seen_version);
         }
         Body::GetAll { request } | Body::NoManager { request } => w.uv(*request),
         Body::AllData { request, sessions } => {
@@ -578,6 +583,11 @@ pub fn decode(payload: &[u8]) -> Result<Message, MessageError> {
         3 => Body::Accessed {
             id: r.str("session id")?,
             last_accessed_ms: r.iv("last accessed")?,
+            seen_version: if r.buf.is_empty() {
+                0
+            } else {
+                r.uv("seen version")?
+            },
         },
         4 => Body::GetAll {
             request: r.uv("request")?,
@@ -718,6 +728,7 @@ mod tests {
             Body::Accessed {
                 id: "a".into(),
                 last_accessed_ms: 99,
+                seen_version: 7,
             },
             Body::GetAll { request: u64::MAX },
             Body::AllData {
@@ -784,7 +795,27 @@ mod tests {
     fn every_truncation_and_extension_is_an_error() {
         for body in all_bodies() {
             let bytes = encode("shop", &body);
+            // An "accessed" message without its optional last field is an older sender's.
+            let optional_from = match &body {
+                Body::Accessed { seen_version, .. } => {
+                    let mut w = W(Vec::new());
+                    w.uv(*seen_version);
+                    bytes.len() - w.0.len()
+                }
+                _ => bytes.len(),
+            };
             for n in 0..bytes.len() {
+                if n == optional_from {
+                    let m = decode(&bytes[..n]).expect("an accessed message of an older sender");
+                    assert!(matches!(
+                        m.body,
+                        Body::Accessed {
+                            seen_version: 0,
+                            ..
+                        }
+                    ));
+                    continue;
+                }
                 assert!(decode(&bytes[..n]).is_err(), "{body:?} cut at {n}");
             }
             let mut longer = bytes.clone();
