@@ -50,25 +50,22 @@ pub enum SendMode {
 /// `TRIBES_SPARSE_GAP_US` changes the gap (a huge value: async sends always use the writer).
 fn sparse_gap() -> Duration {
     static GAP: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *GAP.get_or_init(|| {
-        let us = std::env::var("TRIBES_SPARSE_GAP_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(200);
-        Duration::from_micros(us)
-    })
+    *GAP.get_or_init(|| env_micros("TRIBES_SPARSE_GAP_US", 200))
 }
 
 /// How long a waiting sender polls for its acks before it sleeps.
 fn spin_before_sleep() -> Duration {
     static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let us = std::env::var("TRIBES_ACK_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(500);
-        Duration::from_micros(us)
-    })
+    *SPIN.get_or_init(|| env_micros("TRIBES_ACK_SPIN_US", 500))
+}
+
+/// Microseconds from the environment variable `name`, or `default` when unset or not a number.
+fn env_micros(name: &str, default: u64) -> Duration {
+    let us = std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    Duration::from_micros(us)
 }
 
 thread_local! {
