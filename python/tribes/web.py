@@ -270,11 +270,18 @@ class Replicator:
         )
         self.filter = re.compile(filter) if filter else None
         self.stats = WebStats()
-        # The default filter, without the regex engine: the same answer for every path.
-        self._filtered = _default_filter_matches if filter == DEFAULT_FILTER else self._filter_matches
+        # The default filter is checked without the regex engine (same answer for every path), as
+        # long as `filter` is still that pattern.
+        self._default_filter = self.filter if filter == DEFAULT_FILTER else None
 
-    def _filter_matches(self, path: str) -> bool:
-        return self.filter is not None and self.filter.fullmatch(path) is not None
+    def _filtered(self, path: str) -> bool:
+        """True when ``path`` fully matches the filter (a static resource)."""
+        pattern = self.filter
+        if pattern is None:
+            return False
+        if pattern is self._default_filter:
+            return _default_filter_matches(path)
+        return pattern.fullmatch(path) is not None
 
     # -- requests -----------------------------------------------------------------------------------
 
