@@ -673,13 +673,25 @@ enum KeyCache {
     Busy,
 }
 
-/// The slot of a key: FNV-1a of its bytes (keys are at most [`KEY_CACHE_LEN`] bytes).
+/// The slot of a key: a multiplicative hash of its length and of its first and last (up to)
+/// eight bytes, read as words. A byte-at-a-time hash (FNV) cost about 15 ns for an 11-byte key,
+/// a sixth of decoding a small dict; this is a few ns. Keys that differ only in the middle of a
+/// long key share a slot, which only costs a cache miss: a hit compares every byte.
 fn key_slot(v: &[u8]) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in v {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    fn word(b: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
     }
-    ((h ^ (h >> 32)) as usize) & (KEY_CACHE_SLOTS - 1)
+    let n = v.len();
+    let (head, tail) = if n > 8 {
+        (word(&v[..8]), word(&v[n - 8..]))
+    } else {
+        (word(v), 0)
+    };
+    let h = (head ^ tail.rotate_left(29) ^ ((n as u64) << 56)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // The top bits are the best mixed.
+    (h >> (64 - KEY_CACHE_SLOTS.trailing_zeros())) as usize
 }
 
 type Out<'py> = Result<Bound<'py, PyAny>, DecodeError>;
