@@ -283,9 +283,7 @@ class SessionManager:
         """
         if not self._check_committable(session):
             return False
-        core = self._core
-        if core is None:
-            core = self._require()
+        core = self._require()
         writes, new_raw = session._changes()
         meta = list(session._meta.items()) if session._meta else []
         try:

@@ -184,14 +184,9 @@ class Session(MutableMapping[str, Any]):
             raise SessionError(f"session {self._id} has been invalidated")
 
     def __getitem__(self, name: str) -> Any:
-        value = self._values.get(name, _MISSING)
-        if value is not _MISSING:
-            return value
-        if name in self._removed:
+        value = self.get(name, _MISSING)
+        if value is _MISSING:
             raise KeyError(name)
-        raw = self._raw[name]
-        value = self._manager._decode(raw, name)
-        self._values[name] = value
         return value
 
     def get(self, name: str, default: Any = None) -> Any:

@@ -166,7 +166,7 @@ class RequestSession(MutableMapping[str, Any]):
 
     def get(self, name: str, default: Any = None) -> Any:
         """The attribute ``name``, or ``default``."""
-        session = self._session if self._loaded else self._load()
+        session = self._load()
         return default if session is None else session.get(name, default)
 
     def __setitem__(self, name: str, value: Any) -> None:

@@ -135,10 +135,8 @@ impl ViewTask {
             }
             Heard::Shutdown(member) => {
                 let key = member.key();
-                self.table.remove(&key);
-                self.suspects.remove(&key);
                 log::info!(target: LOG, "{member} announced its shutdown");
-                self.remove(&key).await;
+                self.forget(&key).await;
             }
         }
     }
@@ -187,9 +185,7 @@ impl ViewTask {
                         // old incarnation would stay a suspect for remove_suspects_timeout.
                         log::info!(target: LOG,
                             "{} is gone: {successor} answers at its address", r.member);
-                        self.table.remove(&key);
-                        self.suspects.remove(&key);
-                        self.remove(&key).await;
+                        self.forget(&key).await;
                         return;
                     }
                     if silent {
@@ -206,9 +202,7 @@ impl ViewTask {
                 if self.in_view(&key) {
                     log::info!(target: LOG, "{} is gone: {cause}", r.member);
                 }
-                self.table.remove(&key);
-                self.suspects.remove(&key);
-                self.remove(&key).await;
+                self.forget(&key).await;
             }
         }
     }
@@ -235,9 +229,7 @@ impl ViewTask {
                         log::warn!(target: LOG,
                             "{member} answers probes but has sent no heartbeat for {} s; removing it",
                             silence.as_secs());
-                        self.table.remove(&key);
-                        self.suspects.remove(&key);
-                        self.remove(&key).await;
+                        self.forget(&key).await;
                     } else if !self.probing.contains(&key)
                         && (!self.suspects.contains_key(&key)
                             || now.saturating_duration_since(since) >= drop_time)
@@ -295,6 +287,13 @@ impl ViewTask {
             self.shared.sessions.member_added(&member);
             self.shared.events.post(Event::MemberAdded(member)).await;
         }
+    }
+
+    /// Forgets a member (heartbeats, suspicion) and removes it from the view.
+    async fn forget(&mut self, key: &MemberKey) {
+        self.table.remove(key);
+        self.suspects.remove(key);
+        self.remove(key).await;
     }
 
     async fn remove(&mut self, key: &MemberKey) {

@@ -352,23 +352,23 @@ impl Manager {
             .cloned()
     }
 
+    /// True when `to` (None: every member) names nobody.
+    fn nobody(&self, to: Option<&[MemberKey]>) -> bool {
+        match to {
+            Some(t) => t.is_empty(),
+            None => self.members().is_empty(),
+        }
+    }
+
     fn send(&self, body: &Body, to: Option<&[MemberKey]>, options: u32) -> Result<()> {
-        if let Some(t) = to {
-            if t.is_empty() {
-                return Ok(());
-            }
-        } else if self.members().is_empty() {
-            return Ok(());
+        if self.nobody(to) {
+            return Ok(()); // not even worth encoding
         }
         self.send_payload(&encode(&self.name, body), to, options)
     }
 
     fn send_payload(&self, data: &[u8], to: Option<&[MemberKey]>, options: u32) -> Result<()> {
-        if let Some(t) = to {
-            if t.is_empty() {
-                return Ok(());
-            }
-        } else if self.members().is_empty() {
+        if self.nobody(to) {
             return Ok(());
         }
         let r = self.link.send(data, to, options);
@@ -638,11 +638,7 @@ impl Manager {
                 });
             }
             CommitSend::Delta(payload, targets) => {
-                let nobody = match &targets {
-                    Some(t) => t.is_empty(),
-                    None => self.members().is_empty(),
-                };
-                if nobody {
+                if self.nobody(targets.as_deref()) {
                     return done(Ok(true));
                 }
                 let me = self.clone();

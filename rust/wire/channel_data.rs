@@ -86,13 +86,15 @@ pub fn encode_framed_channel_data(
     message: &[u8],
     out: &mut Vec<u8>,
 ) {
-    let len = channel_data_len(unique_id.len(), address.len(), message.len());
-    let len_bytes = len_i32(len, "channel data");
-    out.reserve(len + FRAME_OVERHEAD);
-    out.extend_from_slice(&FRAME_START);
-    out.extend_from_slice(&len_bytes);
-    put_fields(options, timestamp, unique_id, address, message, out);
-    out.extend_from_slice(&FRAME_END);
+    encode_framed_channel_data_with(
+        options,
+        timestamp,
+        unique_id,
+        address,
+        message.len(),
+        |out| out.extend_from_slice(message),
+        out,
+    );
 }
 
 /// Like [`encode_framed_channel_data`], with the message written by `write_message`, which
