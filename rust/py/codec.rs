@@ -584,40 +584,6 @@ fn encode<'py>(
     result
 }
 
-/// Encodes a session attribute value with the safe codec. `name` (the attribute's name) only
-/// appears in error messages: `TypeError` for an unsupported type, `ValueError` for nesting
-/// deeper than 64 containers (or a container holding itself) and for strs with lone surrogates.
-//
-// `name` is taken as a str object, made into Rust text only for an error message.
-#[pyfunction]
-#[pyo3(signature = (obj, name = None), text_signature = "(obj, name='value')")]
-pub fn encode_value<'py>(
-    py: Python<'py>,
-    obj: &Bound<'py, PyAny>,
-    name: Option<&Bound<'py, PyString>>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    encode(py, obj, name)
-}
-
-/// Encode ``value`` (one of the supported types, nested) to bytes.
-///
-/// ``name`` is the session attribute's name, used in error messages only. Raises ``TypeError`` for
-/// an unsupported type (the message names the attribute, the type and where it sits, e.g.
-/// ``cart[2]['price']``), and ``ValueError`` for nesting deeper than 64 levels (or a container that
-/// holds itself) or a ``str`` with lone surrogates.
-//
-// `tribes.codec.dumps` itself (not a Python wrapper around `encode_value`: a Python frame costs
-// as much as encoding a short str).
-#[pyfunction]
-#[pyo3(signature = (value, name = None), text_signature = "(value, name='value')")]
-pub fn dumps<'py>(
-    py: Python<'py>,
-    value: &Bound<'py, PyAny>,
-    name: Option<&Bound<'py, PyString>>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    encode(py, value, name)
-}
-
 // ------------------------------------------------------------------------------------------------
 // Decoding
 // ------------------------------------------------------------------------------------------------
@@ -945,21 +911,166 @@ fn decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     c::decode_with(data, &mut b).map_err(|DecodeError(e)| *e)
 }
 
-/// Decodes bytes made by `encode_value` (or any msgpack encoder) into a Python value;
-/// `tribes.errors.ProtocolError` when they are not a valid encoding. Never unpickles.
-#[pyfunction]
-pub fn decode_value<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    decode(py, data)
-}
+/// The module functions: `tribes.codec.dumps`/`loads` are these very functions (a Python
+/// wrapper frame would cost as much as encoding a short str), and `_core.encode_value` /
+/// `decode_value` their older names, which the session layer calls. CPython calls them
+/// directly ([`super::fast_fn`]).
+pub mod entry {
+    #![allow(unsafe_code)]
 
-/// Decode bytes made by :func:`dumps` (or any msgpack encoder) back into a value.
-///
-/// Raises :class:`tribes.errors.ProtocolError` when ``data`` is not exactly one valid encoding:
-/// truncated, trailing bytes, unknown ext types, invalid dates, nesting deeper than 64 levels, an
-/// unhashable dict key or set item. Never runs code chosen by the bytes.
-//
-// `tribes.codec.loads` itself, like [`dumps`].
-#[pyfunction]
-pub fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    decode(py, data)
+    use pyo3::ffi;
+    use pyo3::prelude::*;
+    use pyo3::types::{PyBytes, PyString};
+
+    use super::super::fast_fn::{self, parse, run};
+
+    const DUMPS_DOC: &std::ffi::CStr = c"dumps(value, name='value')
+--
+
+Encode ``value`` (one of the supported types, nested) to bytes.
+
+``name`` is the session attribute's name, used in error messages only. Raises ``TypeError`` for
+an unsupported type (the message names the attribute, the type and where it sits, e.g.
+``cart[2]['price']``), and ``ValueError`` for nesting deeper than 64 levels (or a container that
+holds itself) or a ``str`` with lone surrogates.";
+
+    const LOADS_DOC: &std::ffi::CStr = c"loads(data)
+--
+
+Decode bytes made by :func:`dumps` (or any msgpack encoder) back into a value.
+
+Raises :class:`tribes.errors.ProtocolError` when ``data`` is not exactly one valid encoding:
+truncated, trailing bytes, unknown ext types, invalid dates, nesting deeper than 64 levels, an
+unhashable dict key or set item. Never runs code chosen by the bytes.";
+
+    const ENCODE_VALUE_DOC: &std::ffi::CStr = c"encode_value(obj, name='value')
+--
+
+Encodes a session attribute value with the safe codec. `name` (the attribute's name) only
+appears in error messages: `TypeError` for an unsupported type, `ValueError` for nesting
+deeper than 64 containers (or a container holding itself) and for strs with lone surrogates.";
+
+    const DECODE_VALUE_DOC: &std::ffi::CStr = c"decode_value(data)
+--
+
+Decodes bytes made by `encode_value` (or any msgpack encoder) into a Python value;
+`tribes.errors.ProtocolError` when they are not a valid encoding. Never unpickles.";
+
+    /// `(value, name=None)`: encodes; `func` and `first` name the function and its first
+    /// parameter in argument errors.
+    fn encode_call<'py>(
+        py: Python<'py>,
+        func: &str,
+        first: &str,
+        args: [Option<Borrowed<'_, 'py, PyAny>>; 2],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let [Some(value), name] = args else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "{func}() missing required argument '{first}'"
+            )));
+        };
+        let name = match name {
+            Some(n) if !n.is_none() => Some(n.cast::<PyString>().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err(format!(
+                    "{func}() argument 'name' must be str, not {}",
+                    n.get_type()
+                        .name()
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                ))
+            })?),
+            _ => None,
+        };
+        super::encode(py, &value, name.as_deref()).map(Bound::into_any)
+    }
+
+    fn decode_call<'py>(
+        py: Python<'py>,
+        func: &str,
+        args: [Option<Borrowed<'_, 'py, PyAny>>; 1],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let [Some(data)] = args else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "{func}() missing required argument 'data'"
+            )));
+        };
+        let data = data.cast::<PyBytes>().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "{func}() argument 'data' must be bytes, not {}",
+                data.get_type()
+                    .name()
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        super::decode(py, data.as_bytes())
+    }
+
+    unsafe extern "C" fn dumps(
+        _m: *mut ffi::PyObject,
+        args: *const *mut ffi::PyObject,
+        nargs: ffi::Py_ssize_t,
+        kwnames: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject {
+        // SAFETY: called by CPython as a METH_FASTCALL | METH_KEYWORDS function.
+        unsafe {
+            run(|py| {
+                let a = parse(py, "dumps", ["value", "name"], 1, args, nargs, kwnames)?;
+                encode_call(py, "dumps", "value", a)
+            })
+        }
+    }
+
+    unsafe extern "C" fn encode_value(
+        _m: *mut ffi::PyObject,
+        args: *const *mut ffi::PyObject,
+        nargs: ffi::Py_ssize_t,
+        kwnames: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject {
+        // SAFETY: called by CPython as a METH_FASTCALL | METH_KEYWORDS function.
+        unsafe {
+            run(|py| {
+                let a = parse(py, "encode_value", ["obj", "name"], 1, args, nargs, kwnames)?;
+                encode_call(py, "encode_value", "obj", a)
+            })
+        }
+    }
+
+    unsafe extern "C" fn loads(
+        _m: *mut ffi::PyObject,
+        args: *const *mut ffi::PyObject,
+        nargs: ffi::Py_ssize_t,
+        kwnames: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject {
+        // SAFETY: called by CPython as a METH_FASTCALL | METH_KEYWORDS function.
+        unsafe {
+            run(|py| {
+                let a = parse(py, "loads", ["data"], 1, args, nargs, kwnames)?;
+                decode_call(py, "loads", a)
+            })
+        }
+    }
+
+    unsafe extern "C" fn decode_value(
+        _m: *mut ffi::PyObject,
+        args: *const *mut ffi::PyObject,
+        nargs: ffi::Py_ssize_t,
+        kwnames: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject {
+        // SAFETY: called by CPython as a METH_FASTCALL | METH_KEYWORDS function.
+        unsafe {
+            run(|py| {
+                let a = parse(py, "decode_value", ["data"], 1, args, nargs, kwnames)?;
+                decode_call(py, "decode_value", a)
+            })
+        }
+    }
+
+    /// Adds the four functions to the module.
+    pub fn add_to(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        fast_fn::add(m, c"encode_value", ENCODE_VALUE_DOC, encode_value)?;
+        fast_fn::add(m, c"decode_value", DECODE_VALUE_DOC, decode_value)?;
+        fast_fn::add(m, c"dumps", DUMPS_DOC, dumps)?;
+        fast_fn::add(m, c"loads", LOADS_DOC, loads)
+    }
 }

@@ -5,6 +5,7 @@
 //! through [`CoreChannel::next_events`] and runs the callbacks.
 
 mod codec;
+mod fast_fn;
 mod session;
 
 use parking_lot::Mutex;
@@ -448,9 +449,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(drain_logs, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
-    m.add_function(wrap_pyfunction!(codec::encode_value, m)?)?;
-    m.add_function(wrap_pyfunction!(codec::decode_value, m)?)?;
-    m.add_function(wrap_pyfunction!(codec::dumps, m)?)?;
-    m.add_function(wrap_pyfunction!(codec::loads, m)?)?;
+    codec::entry::add_to(m)?;
     Ok(())
 }
