@@ -489,6 +489,85 @@ def test_dumps_and_loads_are_the_core_functions_with_their_documented_signatures
     assert codec.loads(data=codec.dumps(value=[1], name="x")) == [1]
 
 
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: codec.dumps(), "missing required argument 'value'"),
+        (lambda: codec.dumps(1, "a", "b"), "takes at most 2 arguments"),
+        (lambda: codec.dumps(1, nmae="x"), "unexpected keyword argument 'nmae'"),
+        (lambda: codec.dumps(1, value=2), "multiple values for argument 'value'"),
+        (lambda: codec.dumps(1, name=3), "argument 'name' must be str, not int"),
+        (lambda: codec.loads(), "missing required argument 'data'"),
+        (lambda: codec.loads("x"), "argument 'data' must be bytes, not str"),
+        (lambda: _core.encode_value(), "encode_value\\(\\) missing required argument 'obj'"),
+        (lambda: _core.decode_value(bytearray(b"\\x01")), "must be bytes, not bytearray"),
+    ],
+)
+def test_bad_arguments_are_type_errors(call: Any, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        call()
+
+
+def test_name_none_means_the_default_name() -> None:
+    with pytest.raises(TypeError, match=r"^session attribute 'value': "):
+        codec.dumps(object(), name=None)
+
+
+# The datetime-like values both encoder paths must agree on: naive and aware, fold, offsets with
+# microseconds, the ends of the ranges. Python source, run here and in a child process.
+DATETIME_SAMPLES = """
+from datetime import UTC, date, datetime, time, timedelta, timezone
+tz = [None, UTC, timezone(timedelta(hours=-5, microseconds=7)), timezone(timedelta(hours=23, minutes=59))]
+samples = []
+for z in tz:
+    samples += [
+        datetime(2024, 3, 31, 2, 30, 15, 123456, tzinfo=z),
+        datetime(2024, 11, 3, 1, 30, tzinfo=z, fold=1),
+        datetime.min.replace(tzinfo=z),
+        datetime.max.replace(tzinfo=z),
+        time(0, 0, tzinfo=z),
+        time(23, 59, 59, 999999, tzinfo=z, fold=1),
+    ]
+samples += [date.min, date.max, date(2024, 2, 29), timedelta(0), timedelta.min, timedelta.max,
+            timedelta(days=-1, microseconds=1), [datetime(2001, 1, 1, tzinfo=UTC)] * 3]
+"""
+
+
+def test_the_datetime_c_api_path_and_the_attribute_path_agree() -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    ns: dict[str, Any] = {}
+    exec(DATETIME_SAMPLES, ns)
+    fast = [codec.dumps(v).hex() for v in ns["samples"]]
+    child = DATETIME_SAMPLES + (
+        "import json, sys\n"
+        "from tribes import codec\n"
+        "blobs = json.loads(sys.stdin.read())\n"
+        "back = [codec.loads(bytes.fromhex(b)) for b in blobs]\n"
+        "assert back == samples, (back, samples)\n"
+        "assert [type(b) for b in back] == [type(s) for s in samples]\n"
+        "assert [getattr(b, 'fold', 0) for b in back] == [getattr(s, 'fold', 0) for s in samples]\n"
+        "print(json.dumps([codec.dumps(v).hex() for v in samples]))\n"
+    )
+    env = dict(os.environ, TRIBES_CODEC_DATETIME_CAPI="0")
+    out = subprocess.run(
+        [sys.executable, "-c", child],
+        input=json.dumps(fast),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == fast
+    back = [codec.loads(bytes.fromhex(b)) for b in fast]
+    assert back == ns["samples"]
+    assert [getattr(b, "fold", 0) for b in back] == [getattr(s, "fold", 0) for s in ns["samples"]]
+
+
 # -- the dict key cache kept across calls ------------------------------------------------------------
 
 

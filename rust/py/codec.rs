@@ -29,6 +29,8 @@ use crate::session::codec::{
     MAX_DEPTH,
 };
 
+use super::datetime_capi::{self, DateTimeApi};
+
 pyo3::import_exception!(tribes.errors, ProtocolError);
 
 /// The supported types, as the error messages list them.
@@ -46,6 +48,8 @@ struct Types {
     uuid: Py<PyAny>,
     decimal: Py<PyAny>,
     int: Py<PyAny>,
+    /// The datetime C API, when it checked out (see [`datetime_capi`]).
+    capi: Option<&'static DateTimeApi>,
 }
 
 static TYPES: PyOnceLock<Types> = PyOnceLock::new();
@@ -64,6 +68,7 @@ fn types(py: Python<'_>) -> PyResult<&'static Types> {
             uuid: py.import("uuid")?.getattr("UUID")?.unbind(),
             decimal: py.import("decimal")?.getattr("Decimal")?.unbind(),
             int: py.get_type::<PyInt>().into_any().unbind(),
+            capi: datetime_capi::get(py),
         })
     })
 }
@@ -247,6 +252,12 @@ fn get_u32(obj: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> PyResult<u32> 
     obj.getattr(name)?.extract()
 }
 
+/// Fields read through the datetime C API that the codec finds out of range: impossible for a
+/// real object, so a sign the layout is not what the self-check saw.
+fn layout_error(e: impl std::fmt::Display) -> Failure {
+    PyValueError::new_err(format!("unexpected datetime field ({e})")).into()
+}
+
 /// A timedelta's value in microseconds (offsets are well within i64).
 fn timedelta_micros(td: &Bound<'_, PyAny>) -> PyResult<i64> {
     let py = td.py();
@@ -328,6 +339,10 @@ impl<'py> Encoder<'py> {
             return self.set(obj, Ext::FrozenSet, depth);
         }
         if tp == type_ptr(&t.date) {
+            if let Some(api) = t.capi {
+                let date = Date::from_payload(&api.date_fields(obj)).map_err(layout_error)?;
+                return Ok(c::write_date(&mut self.out, &date)?);
+            }
             let date = Date {
                 year: obj.getattr(intern!(py, "year"))?.extract()?,
                 month: get_u8(obj, intern!(py, "month"))?,
@@ -339,6 +354,15 @@ impl<'py> Encoder<'py> {
             return self.time(obj);
         }
         if tp == type_ptr(&t.timedelta) {
+            if let Some(api) = t.capi {
+                let (days, seconds, microseconds) = api.delta_fields(obj);
+                let td = TimeDelta {
+                    days,
+                    seconds: u32::try_from(seconds).map_err(layout_error)?,
+                    microseconds: u32::try_from(microseconds).map_err(layout_error)?,
+                };
+                return Ok(c::write_timedelta(&mut self.out, &td)?);
+            }
             let td = TimeDelta {
                 days: obj.getattr(intern!(py, "days"))?.extract()?,
                 seconds: get_u32(obj, intern!(py, "seconds"))?,
@@ -513,6 +537,16 @@ impl<'py> Encoder<'py> {
 
     fn datetime(&mut self, obj: &Bound<'py, PyAny>) -> Result<(), Failure> {
         let py = self.py;
+        if let Some(api) = self.t.capi {
+            let f = api.datetime_fields(obj);
+            let mut dt = DateTime::from_payload(&f.data).map_err(layout_error)?;
+            dt.fold = f.fold;
+            dt.offset = match f.tzinfo {
+                None => None,
+                Some(tz) => self.offset_of(obj, &tz)?,
+            };
+            return Ok(c::write_datetime(&mut self.out, &dt)?);
+        }
         if let Some((mut dt, tz)) = self.datetime_state(obj)? {
             dt.fold = get_u8(obj, intern!(py, "fold"))? != 0;
             dt.offset = self.offset_of(obj, &tz)?;
@@ -534,6 +568,16 @@ impl<'py> Encoder<'py> {
 
     fn time(&mut self, obj: &Bound<'py, PyAny>) -> Result<(), Failure> {
         let py = self.py;
+        if let Some(api) = self.t.capi {
+            let f = api.time_fields(obj);
+            let mut t = Time::from_payload(&f.data).map_err(layout_error)?;
+            t.fold = f.fold;
+            t.offset = match f.tzinfo {
+                None => None,
+                Some(tz) => self.offset_of(obj, &tz)?,
+            };
+            return Ok(c::write_time(&mut self.out, &t)?);
+        }
         let t = Time {
             hour: get_u8(obj, intern!(py, "hour"))?,
             minute: get_u8(obj, intern!(py, "minute"))?,
@@ -839,6 +883,21 @@ impl<'py> Build for PyBuilder<'py> {
     fn datetime(&mut self, v: DateTime) -> Out<'py> {
         let build = || {
             let tz = self.tz(v.offset)?;
+            if let Some(api) = self.t.capi {
+                let tz = (!tz.is_none()).then_some(&tz);
+                return api.new_datetime(
+                    self.py,
+                    i32::from(v.year),
+                    i32::from(v.month),
+                    i32::from(v.day),
+                    i32::from(v.hour),
+                    i32::from(v.minute),
+                    i32::from(v.second),
+                    v.microsecond as i32,
+                    tz,
+                    v.fold,
+                );
+            }
             let fast = self.build_from_state(&self.t.datetime, &v.wall_clock_bytes(), &tz);
             fast.or_else(|_| {
                 let args = (
@@ -858,6 +917,16 @@ impl<'py> Build for PyBuilder<'py> {
         build().map_err(|e| self.fail("datetime", e))
     }
     fn date(&mut self, v: Date) -> Out<'py> {
+        if let Some(api) = self.t.capi {
+            return api
+                .new_date(
+                    self.py,
+                    i32::from(v.year),
+                    i32::from(v.month),
+                    i32::from(v.day),
+                )
+                .map_err(|e| self.fail("date", e));
+        }
         self.t
             .date
             .bind(self.py)
@@ -867,6 +936,18 @@ impl<'py> Build for PyBuilder<'py> {
     fn time(&mut self, v: Time) -> Out<'py> {
         let build = || {
             let tz = self.tz(v.offset)?;
+            if let Some(api) = self.t.capi {
+                let tz = (!tz.is_none()).then_some(&tz);
+                return api.new_time(
+                    self.py,
+                    i32::from(v.hour),
+                    i32::from(v.minute),
+                    i32::from(v.second),
+                    v.microsecond as i32,
+                    tz,
+                    v.fold,
+                );
+            }
             let fast = self.build_from_state(&self.t.time, &v.clock_bytes(), &tz);
             fast.or_else(|_| {
                 let args =
@@ -877,6 +958,11 @@ impl<'py> Build for PyBuilder<'py> {
         build().map_err(|e| self.fail("time", e))
     }
     fn timedelta(&mut self, v: TimeDelta) -> Out<'py> {
+        if let Some(api) = self.t.capi {
+            return api
+                .new_delta(self.py, v.days, v.seconds as i32, v.microseconds as i32)
+                .map_err(|e| self.fail("timedelta", e));
+        }
         self.t
             .timedelta
             .bind(self.py)

@@ -5,6 +5,7 @@
 //! through [`CoreChannel::next_events`] and runs the callbacks.
 
 mod codec;
+mod datetime_capi;
 mod fast_fn;
 mod session;
 
