@@ -710,6 +710,32 @@ def test_an_encode_nested_in_an_encode_does_not_clobber_the_outer_output() -> No
     assert codec.dumps(1) == b"\x01"
 
 
+def test_a_container_changed_by_python_code_during_its_encode_is_an_error_not_a_crash() -> None:
+    # The encoder walks containers through borrowed references; Python code that runs mid-encode
+    # (a tzinfo's utcoffset()) and empties the container being walked must not leave it reading
+    # freed items.
+    targets: list[Any] = []
+
+    class Clearing(tzinfo):
+        def utcoffset(self, dt: datetime | None) -> timedelta:
+            for t in targets:
+                t.clear()
+            return timedelta(hours=1)
+
+    when = datetime(2024, 1, 1, tzinfo=Clearing())
+    d = {"when": when, "b": "x" * 50, "c": [1]}
+    targets[:] = [d]
+    with pytest.raises(ValueError, match="a dict changed size while encoded"):
+        codec.dumps(d)
+    lst = [when, "y" * 50, {"k": 1}]
+    targets[:] = [lst]
+    with pytest.raises(ValueError, match="a list changed size while encoded"):
+        codec.dumps(lst)
+    # The same values, left alone, encode.
+    targets.clear()
+    assert codec.loads(codec.dumps([when, "z"]))[1] == "z"
+
+
 def test_the_name_appears_as_given_in_errors_and_must_be_a_str() -> None:
     with pytest.raises(TypeError, match=r"^session attribute 'panier €': .* at panier €\[0\]"):
         codec.dumps([object()], "panier €")

@@ -277,40 +277,54 @@ struct Encoder<'py> {
 }
 
 impl<'py> Encoder<'py> {
-    fn value(&mut self, obj: &Bound<'py, PyAny>, depth: usize) -> Result<(), Failure> {
+    /// Encodes `obj` if it is of a type whose encoding runs no Python code (str, int, float,
+    /// bool, None): `None` if it is not. Callers walking a container use it on borrowed
+    /// items, which no Python code can free while it runs.
+    #[inline]
+    fn leaf(&mut self, obj: &Bound<'py, PyAny>) -> Option<Result<(), Failure>> {
         let py = self.py;
         // One pointer comparison per candidate type, the common types first. (A failed
         // `cast_exact` costs a reference count round trip, a function call each under abi3.)
         let tp = obj.get_type_ptr();
         if tp == PyString::type_object_raw(py) {
-            let s = obj.cast_exact::<PyString>().map_err(PyErr::from)?;
-            let s = s.to_str().map_err(|_| Failure::from(Kind::Surrogates))?;
-            return Ok(c::write_str(&mut self.out, s)?);
+            return Some(self.str(obj));
         }
         if tp == PyInt::type_object_raw(py) {
-            return self.int(obj.cast_exact::<PyInt>().map_err(PyErr::from)?);
+            return Some(self.int(obj));
         }
+        if tp == PyFloat::type_object_raw(py) {
+            // Exactly a float, so the value cannot fail to be read.
+            let f = obj.extract::<f64>().map_err(Failure::from);
+            return Some(f.map(|f| c::write_f64(&mut self.out, f)));
+        }
+        if tp == PyBool::type_object_raw(py) {
+            c::write_bool(&mut self.out, obj.is(PyBool::new(py, true)));
+            return Some(Ok(()));
+        }
+        if obj.is_none() {
+            c::write_nil(&mut self.out);
+            return Some(Ok(()));
+        }
+        None
+    }
+
+    fn str(&mut self, obj: &Bound<'py, PyAny>) -> Result<(), Failure> {
+        let s = obj.cast_exact::<PyString>().map_err(PyErr::from)?;
+        let s = s.to_str().map_err(|_| Failure::from(Kind::Surrogates))?;
+        Ok(c::write_str(&mut self.out, s)?)
+    }
+
+    fn value(&mut self, obj: &Bound<'py, PyAny>, depth: usize) -> Result<(), Failure> {
+        if let Some(done) = self.leaf(obj) {
+            return done;
+        }
+        let py = self.py;
+        let tp = obj.get_type_ptr();
         if tp == PyDict::type_object_raw(py) {
             return self.dict(obj.cast_exact::<PyDict>().map_err(PyErr::from)?, depth);
         }
         if tp == PyList::type_object_raw(py) {
-            let l = obj.cast_exact::<PyList>().map_err(PyErr::from)?;
-            Self::enter(depth)?;
-            c::write_array_len(&mut self.out, l.len())?;
-            return self.items(l.iter(), l.len(), depth);
-        }
-        if tp == PyFloat::type_object_raw(py) {
-            let f = obj.cast_exact::<PyFloat>().map_err(PyErr::from)?;
-            c::write_f64(&mut self.out, f.value());
-            return Ok(());
-        }
-        if tp == PyBool::type_object_raw(py) {
-            c::write_bool(&mut self.out, obj.is_truthy()?);
-            return Ok(());
-        }
-        if obj.is_none() {
-            c::write_nil(&mut self.out);
-            return Ok(());
+            return self.list(obj.cast_exact::<PyList>().map_err(PyErr::from)?, depth);
         }
         if tp == PyBytes::type_object_raw(py) {
             let b = obj.cast_exact::<PyBytes>().map_err(PyErr::from)?;
@@ -321,7 +335,9 @@ impl<'py> Encoder<'py> {
             Self::enter(depth)?;
             let start = c::begin_ext(&mut self.out);
             c::write_array_len(&mut self.out, t.len())?;
-            self.items(t.iter(), t.len(), depth)?;
+            for (n, item) in t.iter_borrowed().enumerate() {
+                self.item(item, depth).map_err(|e| e.at(Seg::Index(n)))?;
+            }
             return Ok(c::end_ext(&mut self.out, start, Ext::Tuple)?);
         }
         let t = self.t;
@@ -384,20 +400,29 @@ impl<'py> Encoder<'py> {
         Ok(())
     }
 
-    /// Writes the items of a list or tuple whose array header said `len`.
-    fn items(
-        &mut self,
-        iter: impl Iterator<Item = Bound<'py, PyAny>>,
-        len: usize,
-        depth: usize,
-    ) -> Result<(), Failure> {
-        let mut n = 0;
-        for item in iter {
-            self.value(&item, depth + 1)
-                .map_err(|e| e.at(Seg::Index(n)))?;
-            n += 1;
+    /// Encodes an item of a container: a leaf as it is borrowed, anything else (whose encoding
+    /// may run Python code that could drop the container's reference) through a reference of
+    /// its own.
+    #[inline]
+    fn item(&mut self, item: Borrowed<'_, 'py, PyAny>, depth: usize) -> Result<(), Failure> {
+        match self.leaf(&item) {
+            Some(done) => done,
+            None => self.value(&item.to_owned(), depth + 1),
         }
-        if n != len {
+    }
+
+    fn list(&mut self, l: &Bound<'py, PyList>, depth: usize) -> Result<(), Failure> {
+        Self::enter(depth)?;
+        let len = l.len();
+        c::write_array_len(&mut self.out, len)?;
+        for n in 0..len {
+            // A list shortened by Python code run while encoding an earlier item.
+            let Some(item) = raw::list_item(l, n) else {
+                return Err(PyValueError::new_err("a list changed size while encoded").into());
+            };
+            self.item(item, depth).map_err(|e| e.at(Seg::Index(n)))?;
+        }
+        if l.len() != len {
             return Err(PyValueError::new_err("a list changed size while encoded").into());
         }
         Ok(())
@@ -405,13 +430,38 @@ impl<'py> Encoder<'py> {
 
     fn dict(&mut self, d: &Bound<'py, PyDict>, depth: usize) -> Result<(), Failure> {
         Self::enter(depth)?;
-        c::write_map_len(&mut self.out, d.len())?;
-        // Nothing runs Python code while the dict is walked, except a tzinfo's `utcoffset()`; a
-        // tzinfo that resized this very dict would make PyO3 raise a PanicException here.
-        for (k, v) in d.iter() {
-            self.value(&k, depth + 1).map_err(|e| e.at(Seg::DictKey))?;
+        let len = d.len();
+        c::write_map_len(&mut self.out, len)?;
+        let mut pos = 0;
+        let mut n = 0;
+        while let Some((k, v)) = raw::dict_next(d, &mut pos) {
+            n += 1;
+            if n > len {
+                break;
+            }
+            // Leaf keys and values are encoded as borrowed: no Python code runs meanwhile. Any
+            // other key or value may run Python code (a tzinfo's `utcoffset()`) that changes
+            // this dict, so both get references of their own first.
+            let (k, v) = match self.leaf(&k) {
+                Some(done) => {
+                    done.map_err(|e| e.at(Seg::DictKey))?;
+                    if let Some(done) = self.leaf(&v) {
+                        done.map_err(|e| e.at(Seg::Key(k.to_owned().unbind())))?;
+                        continue;
+                    }
+                    (k.to_owned(), v.to_owned())
+                }
+                None => {
+                    let (k, v) = (k.to_owned(), v.to_owned());
+                    self.value(&k, depth + 1).map_err(|e| e.at(Seg::DictKey))?;
+                    (k, v)
+                }
+            };
             self.value(&v, depth + 1)
                 .map_err(|e| e.at(Seg::Key(k.unbind())))?;
+        }
+        if n != len || d.len() != len {
+            return Err(PyValueError::new_err("a dict changed size while encoded").into());
         }
         Ok(())
     }
@@ -452,7 +502,7 @@ impl<'py> Encoder<'py> {
         Ok(c::end_ext(&mut self.out, start, ext)?)
     }
 
-    fn int(&mut self, i: &Bound<'py, PyInt>) -> Result<(), Failure> {
+    fn int(&mut self, i: &Bound<'py, PyAny>) -> Result<(), Failure> {
         if let Ok(v) = i.extract::<i64>() {
             c::write_int(&mut self.out, v);
             return Ok(());
@@ -587,6 +637,49 @@ impl<'py> Encoder<'py> {
             offset: self.offset(obj)?,
         };
         Ok(c::write_time(&mut self.out, &t)?)
+    }
+}
+
+/// Borrowed access to list and dict items, without the reference count round trip (two
+/// function calls under abi3) that PyO3's iterators make per item.
+#[allow(unsafe_code)]
+mod raw {
+    use pyo3::ffi;
+    use pyo3::prelude::*;
+    use pyo3::types::{PyDict, PyList};
+
+    /// Item `n` of `l`, borrowed; `None` past the end. The reference is valid until Python code
+    /// runs that may change the list.
+    pub fn list_item<'a, 'py>(
+        l: &'a Bound<'py, PyList>,
+        n: usize,
+    ) -> Option<Borrowed<'a, 'py, PyAny>> {
+        let n = ffi::Py_ssize_t::try_from(n).ok()?;
+        // SAFETY: `l` is a live list; PyList_GetItem returns a borrowed reference, or null with
+        // an IndexError set, which is cleared here.
+        let item = unsafe { ffi::PyList_GetItem(l.as_ptr(), n) };
+        if item.is_null() {
+            drop(PyErr::take(l.py()));
+            return None;
+        }
+        // SAFETY: a live object borrowed from the list, which the caller holds.
+        Some(unsafe { Borrowed::from_ptr(l.py(), item) })
+    }
+
+    /// The next entry of `d` from position `pos` (0 to start), borrowed. The references are
+    /// valid until Python code runs that may change the dict.
+    pub fn dict_next<'a, 'py>(
+        d: &'a Bound<'py, PyDict>,
+        pos: &mut ffi::Py_ssize_t,
+    ) -> Option<(Borrowed<'a, 'py, PyAny>, Borrowed<'a, 'py, PyAny>)> {
+        let mut k = std::ptr::null_mut();
+        let mut v = std::ptr::null_mut();
+        // SAFETY: `d` is a live dict; PyDict_Next bounds-checks `pos` and hands out borrowed
+        // references to a live key and value.
+        unsafe {
+            (ffi::PyDict_Next(d.as_ptr(), pos, &mut k, &mut v) != 0)
+                .then(|| (Borrowed::from_ptr(d.py(), k), Borrowed::from_ptr(d.py(), v)))
+        }
     }
 }
 
