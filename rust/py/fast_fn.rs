@@ -109,6 +109,14 @@ pub unsafe fn parse<'a, 'py, const N: usize>(
 ) -> PyResult<[Option<Borrowed<'a, 'py, PyAny>>; N]> {
     let mut out: [Option<Borrowed<'a, 'py, PyAny>>; N] = [None; N];
     let npos = usize::try_from(nargs).unwrap_or(0);
+    if kwnames.is_null() && (required..=N).contains(&npos) {
+        // The common call: positional arguments only, as many as allowed.
+        for (i, slot) in out.iter_mut().enumerate().take(npos) {
+            // SAFETY: CPython passes `nargs` live borrowed references.
+            *slot = Some(unsafe { Borrowed::from_ptr(py, *args.add(i)) });
+        }
+        return Ok(out);
+    }
     if npos > N {
         return Err(PyTypeError::new_err(format!(
             "{func}() takes at most {N} argument{} ({npos} given)",
