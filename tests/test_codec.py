@@ -533,6 +533,12 @@ samples += [date.min, date.max, date(2024, 2, 29), timedelta(0), timedelta.min, 
 """
 
 
+def test_the_datetime_c_api_checks_out_on_this_python() -> None:
+    # If the self-check ever refuses the C API (a Python whose layout changed), the codec still
+    # works through attribute access, but several times slower: this says so.
+    assert _core._codec_uses_datetime_capi()
+
+
 def test_the_datetime_c_api_path_and_the_attribute_path_agree() -> None:
     import json
     import os
@@ -550,6 +556,8 @@ def test_the_datetime_c_api_path_and_the_attribute_path_agree() -> None:
         "assert back == samples, (back, samples)\n"
         "assert [type(b) for b in back] == [type(s) for s in samples]\n"
         "assert [getattr(b, 'fold', 0) for b in back] == [getattr(s, 'fold', 0) for s in samples]\n"
+        "from tribes import _core\n"
+        "assert not _core._codec_uses_datetime_capi()\n"
         "print(json.dumps([codec.dumps(v).hex() for v in samples]))\n"
     )
     env = dict(os.environ, TRIBES_CODEC_DATETIME_CAPI="0")

@@ -977,19 +977,7 @@ impl<'py> Build for PyBuilder<'py> {
         let build = || {
             let tz = self.tz(v.offset)?;
             if let Some(api) = self.t.capi {
-                let tz = (!tz.is_none()).then_some(&tz);
-                return api.new_datetime(
-                    self.py,
-                    i32::from(v.year),
-                    i32::from(v.month),
-                    i32::from(v.day),
-                    i32::from(v.hour),
-                    i32::from(v.minute),
-                    i32::from(v.second),
-                    v.microsecond as i32,
-                    tz,
-                    v.fold,
-                );
+                return api.new_datetime(self.py, &v, (!tz.is_none()).then_some(&tz));
             }
             let fast = self.build_from_state(&self.t.datetime, &v.wall_clock_bytes(), &tz);
             fast.or_else(|_| {
@@ -1011,14 +999,7 @@ impl<'py> Build for PyBuilder<'py> {
     }
     fn date(&mut self, v: Date) -> Out<'py> {
         if let Some(api) = self.t.capi {
-            return api
-                .new_date(
-                    self.py,
-                    i32::from(v.year),
-                    i32::from(v.month),
-                    i32::from(v.day),
-                )
-                .map_err(|e| self.fail("date", e));
+            return api.new_date(self.py, &v).map_err(|e| self.fail("date", e));
         }
         self.t
             .date
@@ -1030,16 +1011,7 @@ impl<'py> Build for PyBuilder<'py> {
         let build = || {
             let tz = self.tz(v.offset)?;
             if let Some(api) = self.t.capi {
-                let tz = (!tz.is_none()).then_some(&tz);
-                return api.new_time(
-                    self.py,
-                    i32::from(v.hour),
-                    i32::from(v.minute),
-                    i32::from(v.second),
-                    v.microsecond as i32,
-                    tz,
-                    v.fold,
-                );
+                return api.new_time(self.py, &v, (!tz.is_none()).then_some(&tz));
             }
             let fast = self.build_from_state(&self.t.time, &v.clock_bytes(), &tz);
             fast.or_else(|_| {
@@ -1053,7 +1025,7 @@ impl<'py> Build for PyBuilder<'py> {
     fn timedelta(&mut self, v: TimeDelta) -> Out<'py> {
         if let Some(api) = self.t.capi {
             return api
-                .new_delta(self.py, v.days, v.seconds as i32, v.microseconds as i32)
+                .new_delta(self.py, &v)
                 .map_err(|e| self.fail("timedelta", e));
         }
         self.t
@@ -1097,11 +1069,10 @@ fn decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 pub mod entry {
     #![allow(unsafe_code)]
 
-    use pyo3::ffi;
     use pyo3::prelude::*;
     use pyo3::types::{PyBytes, PyString};
 
-    use super::super::fast_fn::{self, parse, run};
+    use super::super::fast_fn::{self, fast_function};
 
     const DUMPS_DOC: &std::ffi::CStr = c"dumps(value, name='value')
 --
@@ -1135,17 +1106,18 @@ deeper than 64 containers (or a container holding itself) and for strs with lone
 Decodes bytes made by `encode_value` (or any msgpack encoder) into a Python value;
 `tribes.errors.ProtocolError` when they are not a valid encoding. Never unpickles.";
 
-    /// `(value, name=None)`: encodes; `func` and `first` name the function and its first
-    /// parameter in argument errors.
+    /// `(value, name=None)`: encodes; `func` and `params` name the function and its
+    /// parameters in argument errors.
     fn encode_call<'py>(
         py: Python<'py>,
         func: &str,
-        first: &str,
+        params: [&str; 2],
         args: [Option<Borrowed<'_, 'py, PyAny>>; 2],
     ) -> PyResult<Bound<'py, PyAny>> {
         let [Some(value), name] = args else {
             return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-                "{func}() missing required argument '{first}'"
+                "{func}() missing required argument '{}'",
+                params[0]
             )));
         };
         let name = match name {
@@ -1163,14 +1135,17 @@ Decodes bytes made by `encode_value` (or any msgpack encoder) into a Python valu
         super::encode(py, &value, name.as_deref()).map(Bound::into_any)
     }
 
+    /// `(data)`: decodes.
     fn decode_call<'py>(
         py: Python<'py>,
         func: &str,
+        params: [&str; 1],
         args: [Option<Borrowed<'_, 'py, PyAny>>; 1],
     ) -> PyResult<Bound<'py, PyAny>> {
         let [Some(data)] = args else {
             return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-                "{func}() missing required argument 'data'"
+                "{func}() missing required argument '{}'",
+                params[0]
             )));
         };
         let data = data.cast::<PyBytes>().map_err(|_| {
@@ -1185,65 +1160,10 @@ Decodes bytes made by `encode_value` (or any msgpack encoder) into a Python valu
         super::decode(py, data.as_bytes())
     }
 
-    unsafe extern "C" fn dumps(
-        _m: *mut ffi::PyObject,
-        args: *const *mut ffi::PyObject,
-        nargs: ffi::Py_ssize_t,
-        kwnames: *mut ffi::PyObject,
-    ) -> *mut ffi::PyObject {
-        // SAFETY: called by CPython as a METH_FASTCALL | METH_KEYWORDS function.
-        unsafe {
-            run(|py| {
-                let a = parse(py, "dumps", ["value", "name"], 1, args, nargs, kwnames)?;
-                encode_call(py, "dumps", "value", a)
-            })
-        }
-    }
-
-    unsafe extern "C" fn encode_value(
-        _m: *mut ffi::PyObject,
-        args: *const *mut ffi::PyObject,
-        nargs: ffi::Py_ssize_t,
-        kwnames: *mut ffi::PyObject,
-    ) -> *mut ffi::PyObject {
-        // SAFETY: called by CPython as a METH_FASTCALL | METH_KEYWORDS function.
-        unsafe {
-            run(|py| {
-                let a = parse(py, "encode_value", ["obj", "name"], 1, args, nargs, kwnames)?;
-                encode_call(py, "encode_value", "obj", a)
-            })
-        }
-    }
-
-    unsafe extern "C" fn loads(
-        _m: *mut ffi::PyObject,
-        args: *const *mut ffi::PyObject,
-        nargs: ffi::Py_ssize_t,
-        kwnames: *mut ffi::PyObject,
-    ) -> *mut ffi::PyObject {
-        // SAFETY: called by CPython as a METH_FASTCALL | METH_KEYWORDS function.
-        unsafe {
-            run(|py| {
-                let a = parse(py, "loads", ["data"], 1, args, nargs, kwnames)?;
-                decode_call(py, "loads", a)
-            })
-        }
-    }
-
-    unsafe extern "C" fn decode_value(
-        _m: *mut ffi::PyObject,
-        args: *const *mut ffi::PyObject,
-        nargs: ffi::Py_ssize_t,
-        kwnames: *mut ffi::PyObject,
-    ) -> *mut ffi::PyObject {
-        // SAFETY: called by CPython as a METH_FASTCALL | METH_KEYWORDS function.
-        unsafe {
-            run(|py| {
-                let a = parse(py, "decode_value", ["data"], 1, args, nargs, kwnames)?;
-                decode_call(py, "decode_value", a)
-            })
-        }
-    }
+    fast_function!(dumps, ["value", "name"], 1, encode_call);
+    fast_function!(encode_value, ["obj", "name"], 1, encode_call);
+    fast_function!(loads, ["data"], 1, decode_call);
+    fast_function!(decode_value, ["data"], 1, decode_call);
 
     /// Adds the four functions to the module.
     pub fn add_to(m: &Bound<'_, PyModule>) -> PyResult<()> {

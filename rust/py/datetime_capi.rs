@@ -19,6 +19,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
+use crate::session::codec::{Date, DateTime, Time, TimeDelta};
+
 type Obj = *mut ffi::PyObject;
 type Type = *mut ffi::PyTypeObject;
 
@@ -205,42 +207,47 @@ impl DateTimeApi {
             ((2001, 2, 3, 4, 5, 6, 789_012), Some(utc)),
             ((9999, 12, 31, 23, 59, 59, 999_999), None),
         ] {
-            let (y, mo, d, h, mi, s, us) = args;
+            let (y, mo, d, h, mi, s, us): (u16, u8, u8, u8, u8, u8, u32) = args;
+            let [y0, y1] = y.to_be_bytes();
+            let [_, u0, u1, u2] = us.to_be_bytes();
+            let want = [y0, y1, mo, d, h, mi, s, u0, u1, u2];
+            let (Ok(mut v), Ok(mut t), Ok(date)) = (
+                DateTime::from_payload(&want),
+                Time::from_payload(&want[4..]),
+                Date::from_payload(&want[..4]),
+            ) else {
+                return Ok(false);
+            };
+            (v.fold, t.fold) = (true, true);
+
             let py_made = dt
                 .getattr("datetime")?
                 .call((y, mo, d, h, mi, s, us, tz), Some(&fold1))?;
-            let ours = self.new_datetime(py, y, mo, d, h, mi, s, us, tz, true)?;
+            let ours = self.new_datetime(py, &v, tz)?;
             ok &= py_made.eq(&ours)? && ours.getattr("fold")?.extract::<u8>()? == 1;
             let f = self.datetime_fields(&py_made);
-            let want: [u8; 10] = [
-                (y >> 8) as u8,
-                y as u8,
-                mo as u8,
-                d as u8,
-                h as u8,
-                mi as u8,
-                s as u8,
-                (us >> 16) as u8,
-                (us >> 8) as u8,
-                us as u8,
-            ];
-            ok &=
-                f.data == want && f.fold && f.tzinfo.map(|t| t.as_ptr()) == tz.map(|t| t.as_ptr());
+            let same_tz = |got: Option<Borrowed<'_, '_, PyAny>>| {
+                got.map(|t| t.as_ptr()) == tz.map(|t| t.as_ptr())
+            };
+            ok &= f.data == want && f.fold && same_tz(f.tzinfo);
 
             let t_made = dt.getattr("time")?.call((h, mi, s, us, tz), Some(&fold1))?;
-            let t_ours = self.new_time(py, h, mi, s, us, tz, true)?;
+            let t_ours = self.new_time(py, &t, tz)?;
             ok &= t_made.eq(&t_ours)? && t_ours.getattr("fold")?.extract::<u8>()? == 1;
             let f = self.time_fields(&t_made);
-            ok &= f.data[..] == want[4..]
-                && f.fold
-                && f.tzinfo.map(|t| t.as_ptr()) == tz.map(|t| t.as_ptr());
+            ok &= f.data[..] == want[4..] && f.fold && same_tz(f.tzinfo);
 
             let d_made = dt.getattr("date")?.call1((y, mo, d))?;
-            ok &= d_made.eq(self.new_date(py, y, mo, d)?)?;
+            ok &= d_made.eq(self.new_date(py, &date)?)?;
             ok &= self.date_fields(&d_made) == want[..4];
         }
         let td = dt.getattr("timedelta")?.call1((-3, 5, 7))?;
-        ok &= self.delta_fields(&td) == (-3, 5, 7) && td.eq(self.new_delta(py, -3, 5, 7)?)?;
+        let delta = TimeDelta {
+            days: -3,
+            seconds: 5,
+            microseconds: 7,
+        };
+        ok &= self.delta_fields(&td) == (-3, 5, 7) && td.eq(self.new_delta(py, &delta)?)?;
         Ok(ok)
     }
 
@@ -299,107 +306,103 @@ impl DateTimeApi {
         }
     }
 
-    /// `datetime(...)`; the table's function checks the ranges (a `ValueError` otherwise).
-    #[allow(clippy::too_many_arguments)]
+    /// A `datetime` (naive when `tz` is `None`); the table's function checks the ranges (a
+    /// `ValueError` otherwise).
     pub fn new_datetime<'py>(
         &self,
         py: Python<'py>,
-        year: i32,
-        month: i32,
-        day: i32,
-        hour: i32,
-        minute: i32,
-        second: i32,
-        microsecond: i32,
+        v: &DateTime,
         tz: Option<&Bound<'py, PyAny>>,
-        fold: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let c = self.c();
-        // SAFETY: `Py_None` is the None singleton.
-        let tz = tz.map_or_else(|| unsafe { ffi::Py_None() }, Bound::as_ptr);
+        let tz = tz_ptr(tz);
         // SAFETY: plain ints, a live tzinfo (or None) that the function takes its own
         // reference to, and the table's own type; a new reference or null with an error.
         unsafe {
             Bound::from_owned_ptr_or_err(
                 py,
                 (c.datetime_from_date_and_time_and_fold)(
-                    year,
-                    month,
-                    day,
-                    hour,
-                    minute,
-                    second,
-                    microsecond,
+                    v.year.into(),
+                    v.month.into(),
+                    v.day.into(),
+                    v.hour.into(),
+                    v.minute.into(),
+                    v.second.into(),
+                    micros(v.microsecond),
                     tz,
-                    c_int::from(fold),
+                    c_int::from(v.fold),
                     c.datetime_type,
                 ),
             )
         }
     }
 
-    /// `time(...)`, checked like [`Self::new_datetime`].
-    #[allow(clippy::too_many_arguments)]
+    /// A `time`, checked like [`Self::new_datetime`].
     pub fn new_time<'py>(
         &self,
         py: Python<'py>,
-        hour: i32,
-        minute: i32,
-        second: i32,
-        microsecond: i32,
+        v: &Time,
         tz: Option<&Bound<'py, PyAny>>,
-        fold: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let c = self.c();
-        // SAFETY: `Py_None` is the None singleton.
-        let tz = tz.map_or_else(|| unsafe { ffi::Py_None() }, Bound::as_ptr);
+        let tz = tz_ptr(tz);
         // SAFETY: as in `new_datetime`.
         unsafe {
             Bound::from_owned_ptr_or_err(
                 py,
                 (c.time_from_time_and_fold)(
-                    hour,
-                    minute,
-                    second,
-                    microsecond,
+                    v.hour.into(),
+                    v.minute.into(),
+                    v.second.into(),
+                    micros(v.microsecond),
                     tz,
-                    c_int::from(fold),
+                    c_int::from(v.fold),
                     c.time_type,
                 ),
             )
         }
     }
 
-    /// `date(year, month, day)`, checked.
-    pub fn new_date<'py>(
-        &self,
-        py: Python<'py>,
-        year: i32,
-        month: i32,
-        day: i32,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let c = self.c();
-        // SAFETY: plain ints and the table's own type.
-        unsafe {
-            Bound::from_owned_ptr_or_err(py, (c.date_from_date)(year, month, day, c.date_type))
-        }
-    }
-
-    /// `timedelta(days, seconds, microseconds)`, normalised and range-checked.
-    pub fn new_delta<'py>(
-        &self,
-        py: Python<'py>,
-        days: i32,
-        seconds: i32,
-        microseconds: i32,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    /// A `date`, checked.
+    pub fn new_date<'py>(&self, py: Python<'py>, v: &Date) -> PyResult<Bound<'py, PyAny>> {
         let c = self.c();
         // SAFETY: plain ints and the table's own type.
         unsafe {
             Bound::from_owned_ptr_or_err(
                 py,
-                (c.delta_from_delta)(days, seconds, microseconds, 1, c.delta_type),
+                (c.date_from_date)(v.year.into(), v.month.into(), v.day.into(), c.date_type),
             )
         }
     }
+
+    /// A `timedelta`, normalised and range-checked.
+    pub fn new_delta<'py>(&self, py: Python<'py>, v: &TimeDelta) -> PyResult<Bound<'py, PyAny>> {
+        let c = self.c();
+        // Out-of-range parts become values the table's range check refuses.
+        let part = |x: u32| c_int::try_from(x).unwrap_or(c_int::MAX);
+        // SAFETY: plain ints and the table's own type.
+        unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                (c.delta_from_delta)(
+                    v.days,
+                    part(v.seconds),
+                    part(v.microseconds),
+                    1,
+                    c.delta_type,
+                ),
+            )
+        }
+    }
+}
+
+/// The tzinfo argument of the table's constructors: the object, or `None`.
+fn tz_ptr(tz: Option<&Bound<'_, PyAny>>) -> Obj {
+    // SAFETY: `Py_None` is the None singleton.
+    tz.map_or_else(|| unsafe { ffi::Py_None() }, Bound::as_ptr)
+}
+
+/// Microseconds as the table takes them (a value above 999999 is refused by its range check).
+fn micros(us: u32) -> c_int {
+    c_int::try_from(us).unwrap_or(c_int::MAX)
 }

@@ -159,3 +159,29 @@ pub unsafe fn parse<'a, 'py, const N: usize>(
     }
     Ok(out)
 }
+
+/// Defines `unsafe extern "C" fn $name`, a [`FastFn`] whose arguments are matched to `$params`
+/// (the first `$required` of them required) and handed to `$body(py, name, params, args)`.
+macro_rules! fast_function {
+    ($name:ident, $params:expr, $required:expr, $body:expr) => {
+        unsafe extern "C" fn $name(
+            _module: *mut pyo3::ffi::PyObject,
+            args: *const *mut pyo3::ffi::PyObject,
+            nargs: pyo3::ffi::Py_ssize_t,
+            kwnames: *mut pyo3::ffi::PyObject,
+        ) -> *mut pyo3::ffi::PyObject {
+            // SAFETY: CPython calls it as a METH_FASTCALL | METH_KEYWORDS function, with the
+            // thread attached and the arguments laid out as `parse` expects.
+            unsafe {
+                $crate::py::fast_fn::run(|py| {
+                    let name = stringify!($name);
+                    let a = $crate::py::fast_fn::parse(
+                        py, name, $params, $required, args, nargs, kwnames,
+                    )?;
+                    $body(py, name, $params, a)
+                })
+            }
+        }
+    };
+}
+pub(crate) use fast_function;

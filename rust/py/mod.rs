@@ -436,6 +436,14 @@ fn _panic_for_tests() {
     panic!("deliberate panic for tests");
 }
 
+/// Whether the value codec reaches datetimes through the `datetime` C API (it checked out at
+/// first use) rather than attribute access: tests assert it, so a Python whose layout differs
+/// does not silently make the codec slower.
+#[pyfunction]
+fn _codec_uses_datetime_capi(py: Python<'_>) -> bool {
+    datetime_capi::get(py).is_some()
+}
+
 /// The extension module.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -450,6 +458,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(drain_logs, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(_codec_uses_datetime_capi, m)?)?;
     codec::entry::add_to(m)?;
     Ok(())
 }
