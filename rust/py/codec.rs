@@ -591,10 +591,7 @@ impl<'py> Encoder<'py> {
             let f = api.datetime_fields(obj);
             let mut dt = DateTime::from_payload(&f.data).map_err(layout_error)?;
             dt.fold = f.fold;
-            dt.offset = match f.tzinfo {
-                None => None,
-                Some(tz) => self.offset_of(obj, &tz)?,
-            };
+            dt.offset = self.offset_of(obj, &f.tzinfo)?;
             return Ok(c::write_datetime(&mut self.out, &dt)?);
         }
         if let Some((mut dt, tz)) = self.datetime_state(obj)? {
@@ -622,10 +619,7 @@ impl<'py> Encoder<'py> {
             let f = api.time_fields(obj);
             let mut t = Time::from_payload(&f.data).map_err(layout_error)?;
             t.fold = f.fold;
-            t.offset = match f.tzinfo {
-                None => None,
-                Some(tz) => self.offset_of(obj, &tz)?,
-            };
+            t.offset = self.offset_of(obj, &f.tzinfo)?;
             return Ok(c::write_time(&mut self.out, &t)?);
         }
         let t = Time {
@@ -1115,21 +1109,13 @@ Decodes bytes made by `encode_value` (or any msgpack encoder) into a Python valu
         args: [Option<Borrowed<'_, 'py, PyAny>>; 2],
     ) -> PyResult<Bound<'py, PyAny>> {
         let [Some(value), name] = args else {
-            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-                "{func}() missing required argument '{}'",
-                params[0]
-            )));
+            return Err(fast_fn::missing(func, params[0]));
         };
         let name = match name {
-            Some(n) if !n.is_none() => Some(n.cast::<PyString>().map_err(|_| {
-                pyo3::exceptions::PyTypeError::new_err(format!(
-                    "{func}() argument 'name' must be str, not {}",
-                    n.get_type()
-                        .name()
-                        .map(|t| t.to_string())
-                        .unwrap_or_default()
-                ))
-            })?),
+            Some(n) if !n.is_none() => Some(
+                n.cast::<PyString>()
+                    .map_err(|_| fast_fn::wrong_type(func, params[1], "str", &n))?,
+            ),
             _ => None,
         };
         super::encode(py, &value, name.as_deref()).map(Bound::into_any)
@@ -1143,20 +1129,11 @@ Decodes bytes made by `encode_value` (or any msgpack encoder) into a Python valu
         args: [Option<Borrowed<'_, 'py, PyAny>>; 1],
     ) -> PyResult<Bound<'py, PyAny>> {
         let [Some(data)] = args else {
-            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-                "{func}() missing required argument '{}'",
-                params[0]
-            )));
+            return Err(fast_fn::missing(func, params[0]));
         };
-        let data = data.cast::<PyBytes>().map_err(|_| {
-            pyo3::exceptions::PyTypeError::new_err(format!(
-                "{func}() argument 'data' must be bytes, not {}",
-                data.get_type()
-                    .name()
-                    .map(|t| t.to_string())
-                    .unwrap_or_default()
-            ))
-        })?;
+        let data = data
+            .cast::<PyBytes>()
+            .map_err(|_| fast_fn::wrong_type(func, params[0], "bytes", &data))?;
         super::decode(py, data.as_bytes())
     }
 

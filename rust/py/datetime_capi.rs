@@ -9,7 +9,8 @@
 //! known values through Python, reads them back through the mirror, builds them through the
 //! table, and compares. If anything differs (a future Python that changed them), [`get`] gives
 //! `None` and the codec keeps to attribute access: slower, never wrong.
-// The one place besides `fast_fn` where this crate talks to CPython without PyO3's safe API.
+// One of the few places where this crate talks to CPython without PyO3's safe API (listed in
+// docs/internals.md, "Unsafe code").
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int};
@@ -127,7 +128,7 @@ unsafe impl Sync for DateTimeApi {}
 pub struct Fields<'a, 'py, const N: usize> {
     pub data: [u8; N],
     pub fold: bool,
-    pub tzinfo: Option<Borrowed<'a, 'py, PyAny>>,
+    pub tzinfo: Borrowed<'a, 'py, PyAny>,
 }
 
 static API: PyOnceLock<Option<DateTimeApi>> = PyOnceLock::new();
@@ -226,9 +227,7 @@ impl DateTimeApi {
             let ours = self.new_datetime(py, &v, tz)?;
             ok &= py_made.eq(&ours)? && ours.getattr("fold")?.extract::<u8>()? == 1;
             let f = self.datetime_fields(&py_made);
-            let same_tz = |got: Option<Borrowed<'_, '_, PyAny>>| {
-                got.map(|t| t.as_ptr()) == tz.map(|t| t.as_ptr())
-            };
+            let same_tz = |got: Borrowed<'_, '_, PyAny>| got.as_ptr() == tz_ptr(tz);
             ok &= f.data == want && f.fold && same_tz(f.tzinfo);
 
             let t_made = dt.getattr("time")?.call((h, mi, s, us, tz), Some(&fold1))?;
@@ -264,9 +263,7 @@ impl DateTimeApi {
             Fields {
                 data: (*raw).data,
                 fold: (*raw).fold != 0,
-                tzinfo: ((*raw).hastzinfo != 0)
-                    .then(|| Borrowed::from_ptr_or_opt(obj.py(), (*raw).tzinfo))
-                    .flatten(),
+                tzinfo: tzinfo(obj.py(), (*raw).hastzinfo, (*raw).tzinfo),
             }
         }
     }
@@ -282,9 +279,7 @@ impl DateTimeApi {
             Fields {
                 data: (*raw).data,
                 fold: (*raw).fold != 0,
-                tzinfo: ((*raw).hastzinfo != 0)
-                    .then(|| Borrowed::from_ptr_or_opt(obj.py(), (*raw).tzinfo))
-                    .flatten(),
+                tzinfo: tzinfo(obj.py(), (*raw).hastzinfo, (*raw).tzinfo),
             }
         }
     }
@@ -394,6 +389,22 @@ impl DateTimeApi {
             )
         }
     }
+}
+
+/// The tzinfo of an object read through the mirror: the object, or None when it has none (or,
+/// while the self-check runs on a layout that is not CPython's, when the pointer read is null).
+///
+/// # Safety
+/// `ptr` must be null or a live object when `has` is not zero.
+unsafe fn tzinfo<'a, 'py>(py: Python<'py>, has: c_char, ptr: Obj) -> Borrowed<'a, 'py, PyAny> {
+    let ptr = if has != 0 && !ptr.is_null() {
+        ptr
+    } else {
+        // SAFETY: `Py_None` is the None singleton.
+        unsafe { ffi::Py_None() }
+    };
+    // SAFETY: a live object, by the contract above.
+    unsafe { Borrowed::from_ptr(py, ptr) }
 }
 
 /// The tzinfo argument of the table's constructors: the object, or `None`.

@@ -7,7 +7,8 @@
 //! their one or two parameters; what they do otherwise is what PyO3 does: the same errors for
 //! bad arguments, panics caught and raised as `pyo3_runtime.PanicException` (never unwound into
 //! CPython), results returned as new references.
-// The one place besides `datetime_capi` where this crate talks to CPython without PyO3's safe API.
+// One of the few places where this crate talks to CPython without PyO3's safe API (listed in
+// docs/internals.md, "Unsafe code").
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
@@ -109,14 +110,6 @@ pub unsafe fn parse<'a, 'py, const N: usize>(
 ) -> PyResult<[Option<Borrowed<'a, 'py, PyAny>>; N]> {
     let mut out: [Option<Borrowed<'a, 'py, PyAny>>; N] = [None; N];
     let npos = usize::try_from(nargs).unwrap_or(0);
-    if kwnames.is_null() && (required..=N).contains(&npos) {
-        // The common call: positional arguments only, as many as allowed.
-        for (i, slot) in out.iter_mut().enumerate().take(npos) {
-            // SAFETY: CPython passes `nargs` live borrowed references.
-            *slot = Some(unsafe { Borrowed::from_ptr(py, *args.add(i)) });
-        }
-        return Ok(out);
-    }
     if npos > N {
         return Err(PyTypeError::new_err(format!(
             "{func}() takes at most {N} argument{} ({npos} given)",
@@ -126,6 +119,10 @@ pub unsafe fn parse<'a, 'py, const N: usize>(
     for (i, slot) in out.iter_mut().enumerate().take(npos) {
         // SAFETY: CPython passes `nargs` live borrowed references.
         *slot = Some(unsafe { Borrowed::from_ptr(py, *args.add(i)) });
+    }
+    if kwnames.is_null() && npos >= required {
+        // The common call: positional arguments only.
+        return Ok(out);
     }
     if !kwnames.is_null() {
         // SAFETY: `kwnames` is a live tuple of str, borrowed for the call.
@@ -147,17 +144,31 @@ pub unsafe fn parse<'a, 'py, const N: usize>(
             out[i] = Some(unsafe { Borrowed::from_ptr(py, *args.add(npos + j)) });
         }
     }
-    if let Some(missing) = params[..required]
+    if let Some((param, _)) = params[..required]
         .iter()
         .zip(&out)
         .find(|(_, a)| a.is_none())
     {
-        return Err(PyTypeError::new_err(format!(
-            "{func}() missing required argument '{}'",
-            missing.0
-        )));
+        return Err(missing(func, param));
     }
     Ok(out)
+}
+
+/// The `TypeError` for a required argument not given.
+pub fn missing(func: &str, param: &str) -> PyErr {
+    PyTypeError::new_err(format!("{func}() missing required argument '{param}'"))
+}
+
+/// The `TypeError` for an argument of the wrong type.
+pub fn wrong_type(func: &str, param: &str, want: &str, got: &Bound<'_, PyAny>) -> PyErr {
+    let got = got
+        .get_type()
+        .name()
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    PyTypeError::new_err(format!(
+        "{func}() argument '{param}' must be {want}, not {got}"
+    ))
 }
 
 /// Defines `unsafe extern "C" fn $name`, a [`FastFn`] whose arguments are matched to `$params`
